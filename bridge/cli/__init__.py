@@ -1,0 +1,48 @@
+"""``tinyml-bridge``: the technician's command line.
+
+Exit status: 0 success, 1 a classified failure (the JSON or text says which), 2 a usage error.
+Subcommands live in their own modules and are loaded on first use, so ``--help`` stays fast and
+a command's heavy imports (Flask, TFLM) cost nothing to the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# name -> "module:attribute" of a click command or group.
+_COMMANDS = {
+    "model": "bridge.cli.model:model",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in _COMMANDS:
+            module, attr = _COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tinyml-bridge")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Install TinyML models on attached boards and Raspberry Pis, and watch them run.
+
+    Run a bridge with `tinyml-bridge serve`, then use the other commands against it
+    (URL and token from --url/--token, TINYML_BRIDGE_URL/TINYML_BRIDGE_TOKEN, or the config).
+    """
+    import logging
+
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="tinyml-bridge")
