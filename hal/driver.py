@@ -141,7 +141,9 @@ class Driver(ABC):
 
     @classmethod
     def check_tools(cls, context: DriverContext) -> dict[str, Any]:
-        """``{"available": bool, ...}``: whether this driver's host tools are usable."""
+        """``{"available": bool, "checks": [{"check", "ok", "message", "fix"}, ...]}``: whether
+        this driver's host tools are usable (arduino-cli found, core and library installed, the
+        user in ``dialout``...). Cheap enough for ``/health``; never raises."""
         return {"available": True}
 
     @classmethod
@@ -150,6 +152,12 @@ class Driver(ABC):
         return []
 
     # -- per device ----------------------------------------------------------------------
+
+    def diagnose(self, deadline: Deadline) -> list[dict[str, Any]]:
+        """Checks for ``tinyml-bridge doctor``: a list of ``{"check", "ok", "message", "fix"}``
+        (port readable, host reachable, runtime importable...). Never raises for a failed
+        check: a failure is an entry with ``ok`` False and a ``fix`` a technician can apply."""
+        return []
 
     @abstractmethod
     def info(self) -> DeviceInfo:

@@ -8,6 +8,7 @@ shell's pipeline) die with it and nothing is left holding a serial port.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -49,19 +50,15 @@ def _tail(text: str, limit: int = 4000) -> str:
 def kill_group(proc: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> None:
     """SIGTERM the process group, then SIGKILL it if it has not exited within ``grace_s``."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(timeout=wait_s)
         except subprocess.TimeoutExpired:
             continue
         # The leader exited; its group may still hold stragglers, which SIGKILL reaches.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         return
 
 

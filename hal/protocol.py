@@ -106,7 +106,8 @@ class RawLine:
     kind: str = field(default="raw", init=False)
 
 
-DeviceLine = Union[BootLine, InferenceLine, ErrorLine, StatusLine, RawLine]
+# Union, not X | Y: this module also runs on targets with Python 3.9 (Raspberry Pi OS Bullseye).
+DeviceLine = Union[BootLine, InferenceLine, ErrorLine, StatusLine, RawLine]  # noqa: UP007
 
 
 def to_dict(line: DeviceLine) -> dict:
@@ -265,7 +266,8 @@ def _parse_object(obj: dict) -> DeviceLine:
 
 def _raw(data: bytes, reason: str, dropped: int = 0) -> RawLine:
     text = data[:MAX_RAW_BYTES].decode("utf-8", "replace").replace("\x00", "\ufffd")
-    return RawLine(text=text, reason=reason, dropped_bytes=dropped + max(0, len(data) - MAX_RAW_BYTES))
+    kept_out = max(0, len(data) - MAX_RAW_BYTES)
+    return RawLine(text=text, reason=reason, dropped_bytes=dropped + kept_out)
 
 
 def parse_line(data: bytes | str) -> DeviceLine:
