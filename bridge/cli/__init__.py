@@ -44,5 +44,26 @@ def cli(verbose: int) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="tinyml-bridge")
+    """Console-script entry point: classified failures exit 1 with their code, never a
+    traceback (``-v`` logs it); click's usage errors exit 2."""
+    import sys
+
+    from hal.errors import as_hal_error
+
+    try:
+        cli(prog_name="tinyml-bridge", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        import logging
+
+        logging.getLogger("tinyml-bridge").debug("unhandled", exc_info=True)
+        err = as_hal_error(exc)
+        click.echo(f"error: {err.code}: {err.message}", err=True)
+        sys.exit(1)
