@@ -53,6 +53,7 @@ CODES: dict[str, tuple[ErrorClass, str]] = {
     "unauthorized": (ErrorClass.INPUT, "missing or wrong bearer token"),
     "payload_too_large": (ErrorClass.INPUT, "the request body exceeds the limit"),
     "not_found": (ErrorClass.INPUT, "no such resource"),
+    "dataset_invalid": (ErrorClass.INPUT, "the dataset archive failed validation"),
     # fit
     "fit_flash": (ErrorClass.FIT, "the program does not fit the target's flash"),
     "fit_ram": (ErrorClass.FIT, "static RAM plus arena exceed the target's RAM"),
