@@ -14,6 +14,12 @@ import click
 # name -> "module:attribute" of a click command or group.
 _COMMANDS = {
     "model": "bridge.cli.model:model",
+    "devices": "bridge.cli.devices:devices",
+    "install": "bridge.cli.install:install",
+    "observe": "bridge.cli.observe:observe",
+    "jobs": "bridge.cli.jobs:jobs",
+    "cancel": "bridge.cli.jobs:cancel",
+    "doctor": "bridge.cli.doctor:doctor",
 }
 
 
