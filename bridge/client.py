@@ -19,14 +19,21 @@ timeout is ``InfraError("timeout")``, and an answer that is not the bridge's JSO
 from __future__ import annotations
 
 import base64
+import collections
+import contextlib
 import json
 import logging
 import os
+import re
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import requests
 
@@ -530,3 +537,147 @@ def _reason(exc: BaseException) -> str:
         if marker in text:
             return marker.lower()
     return text[:200]
+
+
+# ------------------------------------------------------------------------- local daemon
+
+_URL_RE = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})")
+
+
+class LocalBridge:
+    """A bridge daemon run as a child process (``tinyml-bridge serve --config FILE
+    --port 0``), for demos, tests and benchmarks::
+
+        with LocalBridge(config_path) as bridge:
+            client = BridgeClient(bridge.url, token)
+            ...
+        assert bridge.returncode == 0   # stopped with SIGTERM
+
+    The chosen port is read from the daemon's log (the first ``http://host:port`` with a
+    non-zero port), then ``/health`` is polled until it answers. Output is kept in
+    :attr:`output` (bounded) and, if given, copied to ``log_path``."""
+
+    def __init__(
+        self,
+        config: str | Path,
+        *,
+        args: Sequence[str] = ("--port", "0"),
+        env: dict[str, str] | None = None,
+        log_path: str | Path | None = None,
+        start_timeout: float = 20.0,
+        keep_lines: int = 5000,
+    ) -> None:
+        self.config = Path(config)
+        self.argv = [sys.executable, "-m", "bridge.cli", "serve", "--config", str(self.config),
+                     *args]
+        self.env = env
+        self.log_path = Path(log_path) if log_path else None
+        self.start_timeout = start_timeout
+        self.output: collections.deque[str] = collections.deque(maxlen=keep_lines)
+        self.url: str | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+        self.started_at: float | None = None  # monotonic time of exec
+        self.ready_s: float | None = None  # exec -> /health answered
+        self._url_seen = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def _read_output(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        log_file = self.log_path.open("a", encoding="utf-8") if self.log_path else None
+        try:
+            for raw in self.process.stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                self.output.append(line)
+                if log_file:
+                    log_file.write(line + "\n")
+                    log_file.flush()
+                if self.url is None:
+                    match = _URL_RE.search(line)
+                    if match and int(match.group(2)) != 0:
+                        host = match.group(1)
+                        if host in ("0.0.0.0", "[::]"):
+                            host = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
+                        self.url = f"http://{host}:{match.group(2)}"
+                        self._url_seen.set()
+        finally:
+            if log_file:
+                log_file.close()
+            self._url_seen.set()  # wake start() if the process died first
+
+    def start(self) -> str:
+        """Start the daemon; returns its URL once ``/health`` answers. A daemon that exits or
+        stays silent is ``InfraError("unavailable")`` with its last output."""
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.started_at = time.monotonic()
+        self.process = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read_output, daemon=True,
+                                        name=f"bridge-log-{self.process.pid}")
+        self._reader.start()
+        deadline = self.started_at + self.start_timeout
+        self._url_seen.wait(self.start_timeout)
+        if self.url is None:
+            self._fail_start("did not print the URL it listens on")
+        while True:
+            if self.process.poll() is not None:
+                self._fail_start(f"exited with status {self.process.returncode}")
+            try:
+                resp = requests.get(self.url + "/health", timeout=1.0)
+                if resp.status_code == 200:
+                    break
+            except requests.exceptions.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                self._fail_start(f"did not answer /health within {self.start_timeout:g} s")
+            time.sleep(0.01)
+        self.ready_s = time.monotonic() - self.started_at
+        log.info("bridge pid %s ready at %s after %.3fs", self.process.pid, self.url,
+                 self.ready_s)
+        return self.url
+
+    def _fail_start(self, why: str) -> NoReturn:
+        tail = list(self.output)[-20:]
+        self.stop(timeout=5.0)
+        raise InfraError("unavailable", f"the bridge daemon {why}", argv=self.argv,
+                         output="\n".join(tail))
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, wait up to ``timeout`` s (then SIGKILL the process group); returns the
+        exit status (negative: killed by that signal)."""
+        proc = self.process
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("bridge pid %s ignored SIGTERM for %.0fs; killing", proc.pid,
+                            timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        # Helpers the daemon started in its session must not outlive it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if self._reader is not None:
+            self._reader.join(5)
+        self.returncode = proc.returncode
+        return proc.returncode
+
+    def __enter__(self) -> LocalBridge:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
