@@ -49,6 +49,7 @@ CODES: dict[str, tuple[ErrorClass, str]] = {
     "unknown_board": (ErrorClass.INPUT, "no board profile with that name"),
     "unknown_driver": (ErrorClass.INPUT, "no driver registered under that name"),
     "device_busy": (ErrorClass.INPUT, "another job is running on the device"),
+    "job_finished": (ErrorClass.INPUT, "the job already ended"),
     "cancelled": (ErrorClass.INPUT, "the caller cancelled the operation"),
     "unauthorized": (ErrorClass.INPUT, "missing or wrong bearer token"),
     "payload_too_large": (ErrorClass.INPUT, "the request body exceeds the limit"),

@@ -20,6 +20,7 @@ _COMMANDS = {
     "jobs": "bridge.cli.jobs:jobs",
     "cancel": "bridge.cli.jobs:cancel",
     "doctor": "bridge.cli.doctor:doctor",
+    "serve": "bridge.cli.serve:serve",
 }
 
 

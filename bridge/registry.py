@@ -1,0 +1,264 @@
+"""The device registry: configured devices plus boards discovered on the host.
+
+Each device is a :class:`DeviceSlot`: its ``hal`` driver, its observation stream, the job
+running on it (if any), its last verified model and its last error. Discovery re-runs every
+``[discovery] interval_s`` seconds on a background thread, so a board plugged in later appears
+without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from bridge.config import BridgeConfig, DeviceConfig, valid_device_id
+from bridge.state import StateStore
+from bridge.streams import DeviceStream, utc_now
+from hal.driver import Discovered, Driver, build_driver, get_driver_class
+from hal.errors import HalError, InputError, as_hal_error
+from hal.protocol import DeviceLine, ErrorLine
+
+log = logging.getLogger(__name__)
+
+# Setting keys that identify a physical device: a discovered board matching a configured
+# device on one of these is that device, not a new one.
+_IDENTITY_KEYS = ("serial_number", "port", "host")
+
+
+class DeviceSlot:
+    """One device as the bridge tracks it."""
+
+    def __init__(self, device_id: str, driver: Driver, *, configured: bool,
+                 settings: dict[str, Any], stream: DeviceStream) -> None:
+        self.id = device_id
+        self.driver = driver
+        self.driver_name = driver.name
+        self.configured = configured
+        self.settings = settings
+        self.stream = stream
+        self.lock = threading.Lock()
+        self.job_id: str | None = None
+        self.model: dict[str, str] | None = None  # last verified {"sha256","since","job_id"}
+        self.last_outcome: str | None = None  # state of the last finished job
+        self.last_error: dict[str, Any] | None = None
+        self.observing = False
+
+    # Called from the driver's observation thread.
+    def on_line(self, line: DeviceLine) -> None:
+        self.stream.publish(line)
+        if isinstance(line, ErrorLine):
+            log.info("device=%s error line code=%s", self.id, line.code)
+
+    def on_error(self, error: HalError) -> None:
+        self.last_error = {**error.to_dict(), "at": utc_now()}
+        log.warning("device=%s observation error %s: %s", self.id, error.code, error.message)
+
+    def info(self) -> dict[str, Any]:
+        """The driver's description; a driver that fails here is shown disconnected."""
+        try:
+            return self.driver.info().to_dict()
+        except Exception as exc:  # a broken driver must not break the listing
+            err = as_hal_error(exc)
+            log.warning("device=%s info() failed: %s", self.id, err)
+            return {"id": self.id, "driver": self.driver_name, "board": self.driver.board,
+                    "address": "", "connected": False, "serial_number": None,
+                    "detail": {"error": err.to_dict()}}
+
+    def describe(self) -> dict[str, Any]:
+        """The API's Device object."""
+        info = self.info()
+        if self.job_id is not None:
+            state = "installing"
+        elif self.last_outcome in ("failed", "interrupted"):
+            state = "failed"
+        elif self.model is not None:
+            state = "running"
+        else:
+            state = "idle"
+        model = None
+        if self.model is not None:
+            model = {"sha256": self.model["sha256"], "since": self.model["since"]}
+        return {
+            "id": self.id,
+            "driver": self.driver_name,
+            "board": info.get("board") or self.driver.board,
+            "address": str(info.get("address") or ""),
+            "connected": bool(info.get("connected")),
+            "serial_number": info.get("serial_number"),
+            "state": state,
+            "model": model,
+            "last_error": _public_error(self.last_error),
+            "job_id": self.job_id,
+        }
+
+
+def _public_error(err: dict[str, Any] | None) -> dict[str, Any] | None:
+    if err is None:
+        return None
+    return {k: err[k] for k in ("code", "message", "detail", "class") if k in err}
+
+
+class DeviceRegistry:
+    """All devices of this bridge, by id."""
+
+    def __init__(self, config: BridgeConfig, store: StateStore | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.context = config.driver_context()
+        self._slots: dict[str, DeviceSlot] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._discovery_warned: set[str] = set()
+
+    # -------------------------------------------------------------------- life cycle
+
+    def start(self, *, discovery: bool = True) -> None:
+        """Build the configured drivers, start observing, and start discovery."""
+        for dev in self.config.devices:
+            self._add_configured(dev)
+        if discovery and self.config.discovery.drivers:
+            self.scan()
+            if self.config.discovery.interval_s > 0:
+                self._thread = threading.Thread(target=self._discovery_loop,
+                                                name="bridge-discovery", daemon=True)
+                self._thread.start()
+
+    def _add_configured(self, dev: DeviceConfig) -> None:
+        try:
+            driver = build_driver(dev.driver, dev.name, dev.settings, self.context)
+        except HalError:
+            raise
+        except Exception as exc:  # a driver constructor failing is a bug in that driver
+            raise as_hal_error(exc) from exc
+        self.add(driver, configured=True, settings=dev.settings)
+
+    def add(self, driver: Driver, *, configured: bool, settings: dict[str, Any] | None = None,
+            observe: bool = True) -> DeviceSlot:
+        """Register a built driver and start observing it."""
+        obs = self.config.observe
+        slot = DeviceSlot(driver.device_id, driver, configured=configured,
+                          settings=dict(settings or {}),
+                          stream=DeviceStream(driver.device_id, obs.buffer_lines,
+                                              obs.subscriber_queue))
+        if self.store is not None:
+            slot.model = self.store.verified_model(slot.id)
+            last = self.store.last_job(slot.id)
+            if last is not None:
+                slot.last_outcome = last["state"]
+                if last["state"] != "succeeded":
+                    slot.last_error = last["error"]
+        with self._lock:
+            if slot.id in self._slots:
+                raise InputError("bad_config", f"device id {slot.id!r} is used twice")
+            self._slots[slot.id] = slot
+        log.info("device=%s driver=%s added (%s)", slot.id, slot.driver_name,
+                 "configured" if configured else "discovered")
+        if observe:
+            self.start_observing(slot)
+        return slot
+
+    def start_observing(self, slot: DeviceSlot) -> None:
+        try:
+            slot.driver.start_observing(slot.on_line, slot.on_error)
+            slot.observing = True
+        except Exception as exc:
+            slot.on_error(as_hal_error(exc))
+
+    def close(self) -> None:
+        """Stop discovery, end every stream and release every driver (ports, connections)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for slot in self.slots():
+            slot.stream.close()
+            try:
+                slot.driver.close()
+                log.info("device=%s closed", slot.id)
+            except Exception:
+                log.exception("device=%s close failed", slot.id)
+
+    # ------------------------------------------------------------------- discovery
+
+    def _discovery_loop(self) -> None:
+        while not self._stop.wait(self.config.discovery.interval_s):
+            self.scan()
+
+    def scan(self) -> list[str]:
+        """Run every discovery driver once; return the ids of newly added devices."""
+        added = []
+        for name in self.config.discovery.drivers:
+            try:
+                cls = get_driver_class(name)
+                found = cls.discover(self.context)
+            except Exception as exc:  # a missing or broken driver must not stop the bridge
+                if name not in self._discovery_warned:
+                    self._discovery_warned.add(name)
+                    log.warning("discovery driver=%s unavailable: %s", name, exc)
+                continue
+            for item in found:
+                if self._adopt(name, item):
+                    added.append(item.id)
+        return added
+
+    def _known(self, driver_name: str, item: Discovered) -> bool:
+        if item.id in self._slots:
+            return True
+        for slot in self._slots.values():
+            if slot.driver_name != driver_name:
+                continue
+            for key in _IDENTITY_KEYS:
+                value = item.settings.get(key)
+                if value is not None and slot.settings.get(key) == value:
+                    return True
+        return False
+
+    def _adopt(self, driver_name: str, item: Discovered) -> bool:
+        with self._lock:
+            if self._known(driver_name, item):
+                return False
+        if not valid_device_id(item.id):
+            if ("id", item.id) not in self._discovery_warned:
+                self._discovery_warned.add(("id", item.id))  # type: ignore[arg-type]
+                log.warning("discovery driver=%s found a device with an unusable id %r; name "
+                            "it in a [[devices]] table", driver_name, item.id[:80])
+            return False
+        try:
+            driver = build_driver(driver_name, item.id, item.settings, self.context)
+            self.add(driver, configured=False, settings=item.settings)
+        except Exception as exc:
+            log.warning("device=%s discovered by driver=%s but not usable: %s", item.id,
+                        driver_name, exc)
+            return False
+        return True
+
+    # ---------------------------------------------------------------------- lookup
+
+    def get(self, device_id: str) -> DeviceSlot:
+        """The device with that id, or ``InputError("unknown_device")`` (404)."""
+        slot = self._slots.get(device_id) if isinstance(device_id, str) else None
+        if slot is None:
+            shown = device_id[:80] if isinstance(device_id, str) else repr(device_id)
+            raise InputError("unknown_device", f"no device {shown!r} on this bridge",
+                             device=shown)
+        return slot
+
+    def slots(self) -> list[DeviceSlot]:
+        with self._lock:
+            return sorted(self._slots.values(), key=lambda s: s.id)
+
+    def find_by_serial(self, serial: str) -> DeviceSlot | None:
+        """The device whose USB serial number (or id) is ``serial`` (legacy API)."""
+        for slot in self.slots():
+            if slot.id == serial:
+                return slot
+        for slot in self.slots():
+            if slot.info().get("serial_number") == serial:
+                return slot
+        return None
+
+    def driver_names(self) -> list[str]:
+        """Drivers in use: configured, discovered, and discovery drivers."""
+        names = {s.driver_name for s in self.slots()} | set(self.config.discovery.drivers)
+        return sorted(names)
