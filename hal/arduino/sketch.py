@@ -1,0 +1,1031 @@
+"""Render the Nano 33 BLE firmware template into a sketch folder, and read one back.
+
+The sketch folder (``<build slot>/tinyml_sketch/``) always holds the same four files, so that
+arduino-cli's build cache survives from one install to the next and only what changed is
+rebuilt (a new file name in the folder invalidates the whole cache, arduino-cli issue 2780):
+
+``tinyml_sketch.ino``  the template (``firmware_templates/nano33ble/``), copied verbatim; it
+                       never changes between installs of one template version.
+``model_data.h``       the declarations of ``g_model`` / ``g_model_len`` (never changes).
+``model_data.cpp``     the model as an ``alignas(16)`` C array: changes with the model only.
+``model_config.h``     everything else that depends on the install: sha prefix, arena size,
+                       op registrations, labels, input vectors, input source, periods.
+
+:func:`render_sketch` rewrites only the files whose bytes changed (unchanged files keep their
+mtime). :func:`read_sketch` is its inverse: the stand-in arduino-cli uses it to "compile" the
+sketch into a firmware image for the virtual board, and it fails like a compiler (code
+``compile_failed``, with file and line) when the sources are malformed.
+
+The lines the sketch prints are built here as :mod:`hal.protocol` objects too
+(:func:`boot_line`, :func:`status_line`, :func:`inference_line`, :func:`error_line`), so the
+virtual board prints exactly what the C++ prints; a test compiles the rendered sketch for the
+host and checks the two byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import struct
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from hal.driver import InstallRequest
+from hal.errors import BugError, InputError
+from hal.model.ops import resolver_method
+from hal.model.report import ModelReport
+from hal.protocol import (
+    PROTOCOL_VERSION,
+    SHA_PREFIX_LEN,
+    BootLine,
+    ErrorLine,
+    InferenceLine,
+    StatusLine,
+)
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_VERSION = "1.0.0"
+SKETCH_NAME = "tinyml_sketch"  # the sketch folder name == the .ino name (arduino-cli requires it)
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "firmware_templates" / "nano33ble"
+HOST_HEADERS_DIR = TEMPLATE_DIR / "host_headers"
+
+INO_FILE = f"{SKETCH_NAME}.ino"
+MODEL_HEADER_FILE = "model_data.h"
+MODEL_DATA_FILE = "model_data.cpp"
+CONFIG_FILE = "model_config.h"
+SKETCH_FILES = (INO_FILE, MODEL_HEADER_FILE, MODEL_DATA_FILE, CONFIG_FILE)
+
+INPUT_DTYPES = ("int8", "uint8", "float32")
+INPUT_SOURCES = ("vectors", "camera")
+CAMERA_SIDE = 96  # the OV7675 frame is cropped and scaled to 96x96 grayscale
+
+# Limits. Labels: the protocol cuts labels at 48 characters, and a label's JSON escape must
+# leave room for the rest of an inference line inside MAX_LINE_BYTES (see inference_line).
+MAX_LABELS = 1024
+MAX_LABEL_CHARS = 48
+MAX_LABEL_WIRE_BYTES = 384
+MAX_VECTORS = 256
+MAX_VECTOR_BYTES = 192 * 1024  # flash the embedded test vectors may take
+MAX_INPUT_ELEMENTS = 1 << 20
+MAX_INPUT_RANK = 6
+MAX_MODEL_BYTES = 4 * 1024 * 1024
+MAX_ARENA_BYTES = 16 * 1024 * 1024
+MAX_OPS = 128
+MAX_PERIOD_MS = 3_600_000
+REANNOUNCE_MS = 2000  # the boot line is repeated this often ...
+REANNOUNCE_UNTIL_MS = 30000  # ... during the first 30 s, for a host that opened the port late
+
+_DTYPE_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+_C_TYPE = {"int8": "int8_t", "uint8": "uint8_t", "float32": "float"}
+_TFLITE_TYPE = {"int8": "kTfLiteInt8", "uint8": "kTfLiteUInt8", "float32": "kTfLiteFloat32"}
+_BOARD_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,31}$")
+_OP_RE = re.compile(r"^(CUSTOM:)?[A-Za-z0-9_.\-]{1,64}$")
+_METHOD_RE = re.compile(r"^Add[A-Za-z0-9]{1,64}$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
+
+
+@dataclass(frozen=True)
+class SketchConfig:
+    """Everything one install puts into the sketch. ``input_vectors`` are in real
+    (dequantised) units; the renderer quantises them with ``input_scale``/``input_zero_point``
+    (float32 inputs: both None). ``camera_range`` is the real value of a black and a white
+    pixel when ``input_source == "camera"`` (default ``(0.0, 1.0)``: pixel / 255)."""
+
+    model: bytes
+    model_sha256: str
+    ops: tuple[str, ...]  # builtin op names from ModelReport.ops
+    arena_bytes: int
+    labels: tuple[str, ...]
+    input_dtype: str  # "int8" | "uint8" | "float32"
+    input_shape: tuple[int, ...]
+    input_scale: float | None
+    input_zero_point: int | None
+    input_vectors: tuple[tuple[float, ...], ...]  # real units; quantised by the renderer
+    input_source: str = "vectors"  # or "camera" (OV7675, 96x96 grayscale)
+    board: str = "nano33ble"
+    status_period_ms: int = 5000
+    template_version: str = TEMPLATE_VERSION
+    inference_period_ms: int = 1000  # pause between inferences (0: back to back)
+    camera_range: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def sha_prefix(self) -> str:
+        """The model hash prefix the sketch announces."""
+        return self.model_sha256[:SHA_PREFIX_LEN]
+
+    @property
+    def input_elements(self) -> int:
+        n = 1
+        for d in self.input_shape:
+            n *= d
+        return n
+
+    @property
+    def vector_bytes(self) -> int:
+        """Flash the embedded test vectors take (beyond the model array)."""
+        size = 4 if self.input_dtype == "float32" else 1
+        return len(self.input_vectors) * self.input_elements * size
+
+    def __repr__(self) -> str:  # the model bytes would flood logs
+        return (
+            f"SketchConfig(sha={self.sha_prefix}, model={len(self.model)} B, ops={self.ops}, "
+            f"arena={self.arena_bytes}, labels={len(self.labels)}, input={self.input_dtype}"
+            f"{list(self.input_shape)}, vectors={len(self.input_vectors)}, "
+            f"source={self.input_source}, board={self.board})"
+        )
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _bad(field_name: str, message: str, **detail) -> InputError:
+    return InputError("bad_option", f"{field_name}: {message}", field=field_name, **detail)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def label_wire_text(label: str) -> str:
+    """The label as it appears between the quotes of an inference line (JSON escaped,
+    ASCII only): exactly what the sketch stores and prints."""
+    return json.dumps(label, ensure_ascii=True)[1:-1]
+
+
+def validate_config(config: SketchConfig) -> None:
+    """Raise ``InputError("bad_option")`` naming the first field of ``config`` that the
+    template cannot take. Called by :func:`render_sketch` and :func:`config_for`."""
+    c = config
+    if not isinstance(c.model, (bytes, bytearray)) or not c.model:
+        raise _bad("model", "the model is empty")
+    if len(c.model) > MAX_MODEL_BYTES:
+        raise _bad("model", f"{len(c.model)} bytes exceed {MAX_MODEL_BYTES}",
+                   size_bytes=len(c.model), limit_bytes=MAX_MODEL_BYTES)
+    if not isinstance(c.model_sha256, str) or not _SHA_RE.match(c.model_sha256):
+        raise _bad("model_sha256", "must be 64 lower-case hex digits")
+    actual = hashlib.sha256(c.model).hexdigest()
+    if actual != c.model_sha256:
+        raise _bad("model_sha256", f"does not match the model bytes (sha256 {actual})",
+                   expected=actual)
+    if not _VERSION_RE.match(str(c.template_version)) or c.template_version != TEMPLATE_VERSION:
+        raise _bad("template_version", f"only template {TEMPLATE_VERSION} exists, "
+                   f"not {c.template_version!r}")
+    if not isinstance(c.board, str) or not _BOARD_RE.match(c.board):
+        raise _bad("board", f"{c.board!r} is not a board profile name")
+    _validate_ops(c.ops)
+    if not _is_int(c.arena_bytes) or c.arena_bytes <= 0:
+        raise _bad("arena_bytes", f"must be a positive number of bytes, not {c.arena_bytes!r}")
+    if c.arena_bytes > MAX_ARENA_BYTES:
+        raise _bad("arena_bytes", f"{c.arena_bytes} exceeds {MAX_ARENA_BYTES}")
+    for name in ("status_period_ms", "inference_period_ms"):
+        value = getattr(c, name)
+        low = 100 if name == "status_period_ms" else 0
+        if not _is_int(value) or not low <= value <= MAX_PERIOD_MS:
+            raise _bad(name, f"must be {low}..{MAX_PERIOD_MS} ms, not {value!r}")
+    _validate_labels(c.labels)
+    _validate_input(c)
+
+
+def _validate_ops(ops) -> None:
+    if not isinstance(ops, tuple) or not ops:
+        raise _bad("ops", "the model has no ops")
+    if len(ops) > MAX_OPS:
+        raise _bad("ops", f"{len(ops)} ops exceed {MAX_OPS}")
+    for op in ops:
+        # Op names land in a C comment: nothing but a plain identifier may pass.
+        if not isinstance(op, str) or not _OP_RE.match(op):
+            raise _bad("ops", f"{op!r} is not an op name")
+    if len(set(ops)) != len(ops):
+        raise _bad("ops", "op names repeat")
+    missing = [op for op in ops if resolver_method(op) is None]
+    if missing:
+        raise InputError(
+            "model_unsupported_ops",
+            f"the Arduino TFLM library has no kernel for: {', '.join(missing)}",
+            unsupported=missing,
+            runtime="tflite-micro (Arduino)",
+        )
+
+
+def _validate_labels(labels) -> None:
+    if not isinstance(labels, tuple):
+        raise _bad("labels", "must be a tuple of strings")
+    if len(labels) > MAX_LABELS:
+        raise _bad("labels", f"{len(labels)} labels exceed {MAX_LABELS}", count=len(labels),
+                   limit=MAX_LABELS)
+    for i, label in enumerate(labels):
+        if not isinstance(label, str):
+            raise _bad("labels", f"label {i} is not a string", index=i)
+        if len(label) > MAX_LABEL_CHARS:
+            raise _bad("labels", f"label {i} has {len(label)} characters, over "
+                       f"{MAX_LABEL_CHARS}", index=i, limit=MAX_LABEL_CHARS)
+        try:
+            label.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _bad("labels", f"label {i} is not valid Unicode text", index=i) from None
+        wire = len(label_wire_text(label))
+        if wire > MAX_LABEL_WIRE_BYTES:
+            raise _bad("labels", f"label {i} takes {wire} bytes escaped, over "
+                       f"{MAX_LABEL_WIRE_BYTES}", index=i, limit=MAX_LABEL_WIRE_BYTES)
+
+
+def _validate_input(c: SketchConfig) -> None:
+    if c.input_dtype not in INPUT_DTYPES:
+        raise _bad("input_dtype", f"the sketch feeds {', '.join(INPUT_DTYPES)} inputs, not "
+                   f"{c.input_dtype!r}")
+    shape = c.input_shape
+    if (not isinstance(shape, tuple) or not 1 <= len(shape) <= MAX_INPUT_RANK
+            or not all(_is_int(d) and d >= 1 for d in shape)):
+        raise _bad("input_shape", f"must be 1 to {MAX_INPUT_RANK} positive dimensions, not "
+                   f"{shape!r}")
+    if c.input_elements > MAX_INPUT_ELEMENTS:
+        raise _bad("input_shape", f"{c.input_elements} elements exceed {MAX_INPUT_ELEMENTS}")
+    if c.input_dtype == "float32":
+        if c.input_scale is not None or c.input_zero_point is not None:
+            raise _bad("input_scale", "a float32 input has no scale or zero point")
+    else:
+        if not _is_real(c.input_scale) or not math.isfinite(c.input_scale) \
+                or c.input_scale <= 0:
+            raise _bad("input_scale", f"a quantised input needs a positive finite scale, not "
+                       f"{c.input_scale!r}")
+        lo, hi = _DTYPE_RANGE[c.input_dtype]
+        if not _is_int(c.input_zero_point) or not lo <= c.input_zero_point <= hi:
+            raise _bad("input_zero_point", f"must be an integer in {lo}..{hi} for "
+                       f"{c.input_dtype}, not {c.input_zero_point!r}")
+    if c.input_source not in INPUT_SOURCES:
+        raise _bad("input_source", f"must be one of {', '.join(INPUT_SOURCES)}, not "
+                   f"{c.input_source!r}")
+    vectors = c.input_vectors
+    if not isinstance(vectors, tuple):
+        raise _bad("input_vectors", "must be a tuple of vectors")
+    if c.input_source == "camera":
+        if c.input_elements != CAMERA_SIDE * CAMERA_SIDE:
+            raise _bad("input_source", f"the camera gives {CAMERA_SIDE}x{CAMERA_SIDE}x1 "
+                       f"grayscale; the model's input is {list(shape)}")
+        if vectors:
+            raise _bad("input_vectors", "test vectors are not used with the camera input")
+        rng = c.camera_range
+        if (not isinstance(rng, tuple) or len(rng) != 2 or not all(_is_real(v) and
+                math.isfinite(v) for v in rng) or rng[0] == rng[1]):
+            raise _bad("camera_range", f"must be two different finite numbers, not {rng!r}")
+    if len(vectors) > MAX_VECTORS:
+        raise _bad("input_vectors", f"{len(vectors)} vectors exceed {MAX_VECTORS}")
+    for i, vector in enumerate(vectors):
+        if not isinstance(vector, (tuple, list)) or len(vector) != c.input_elements:
+            got = len(vector) if isinstance(vector, (tuple, list)) else type(vector).__name__
+            raise _bad("input_vectors", f"vector {i} has {got} values; the input "
+                       f"{list(shape)} takes {c.input_elements}", index=i,
+                       expected=c.input_elements)
+        if not all(_is_real(v) and math.isfinite(v) for v in vector):
+            raise _bad("input_vectors", f"vector {i} holds a value that is not a finite "
+                       "number", index=i)
+        if c.input_dtype == "float32" and any(abs(v) > 3.4028234663852886e38 for v in vector):
+            raise _bad("input_vectors", f"vector {i} holds a value out of float32 range",
+                       index=i)
+    if c.vector_bytes > MAX_VECTOR_BYTES:
+        raise _bad("input_vectors", f"the vectors take {c.vector_bytes} bytes of flash, over "
+                   f"{MAX_VECTOR_BYTES}", bytes=c.vector_bytes, limit=MAX_VECTOR_BYTES)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def config_for(
+    report: ModelReport,
+    model: bytes,
+    request: InstallRequest,
+    arena_bytes: int,
+    board: str,
+) -> SketchConfig:
+    """The sketch configuration for installing ``model`` (described by ``report``) as
+    ``request`` asks, with an arena of ``arena_bytes``. Raises ``InputError`` (``bad_option``
+    naming the field, or ``model_unsupported_ops``) when the template cannot take it."""
+    if len(report.inputs) != 1:
+        raise _bad("model", f"the sketch feeds exactly one input tensor; the model has "
+                   f"{len(report.inputs)}")
+    if not report.outputs:
+        raise _bad("model", "the model has no output tensor")
+    tensor = report.inputs[0]
+    quantised = tensor.dtype != "float32"
+    labels = tuple(request.labels)
+    outputs = report.outputs[0].elements
+    if len(labels) > outputs:
+        raise _bad("labels", f"{len(labels)} labels for {outputs} outputs", count=len(labels),
+                   outputs=outputs)
+    config = SketchConfig(
+        model=bytes(model),
+        model_sha256=report.sha256,
+        ops=tuple(report.ops),
+        arena_bytes=arena_bytes,
+        labels=labels,
+        input_dtype=tensor.dtype,
+        input_shape=tuple(int(d) for d in tensor.shape) or (1,),
+        input_scale=float(tensor.scale) if quantised and tensor.scale is not None else None,
+        input_zero_point=int(tensor.zero_point)
+        if quantised and tensor.zero_point is not None else None,
+        input_vectors=tuple(tuple(v) for v in request.input_vectors),
+        input_source=request.input_source,
+        board=board,
+    )
+    validate_config(config)
+    return config
+
+
+def quantise(config: SketchConfig, values) -> list:
+    """``values`` (real units) as the input tensor's element values: ints for int8/uint8
+    (round half away from zero, like TFLM's ``FloatToQuantizedType``, then clamped), floats
+    rounded to float32 for float32 inputs."""
+    if config.input_dtype == "float32":
+        return [struct.unpack("<f", struct.pack("<f", float(v)))[0] for v in values]
+    lo, hi = _DTYPE_RANGE[config.input_dtype]
+    scale = config.input_scale
+    zp = config.input_zero_point
+    out = []
+    for v in values:
+        q = _round_half_away(v / scale) + zp
+        out.append(min(hi, max(lo, q)))
+    return out
+
+
+def dequantise(config: SketchConfig, values) -> tuple[float, ...]:
+    """Inverse of :func:`quantise` (the real value each stored element stands for)."""
+    if config.input_dtype == "float32":
+        return tuple(float(v) for v in values)
+    return tuple((int(q) - config.input_zero_point) * config.input_scale for q in values)
+
+
+def input_tensor_bytes(config: SketchConfig) -> tuple[bytes, ...]:
+    """The exact bytes the sketch copies into the input tensor for each test vector, in the
+    order it cycles them (little-endian float32 for float inputs)."""
+    fmt = {"int8": "b", "uint8": "B", "float32": "f"}[config.input_dtype]
+    return tuple(
+        struct.pack(f"<{config.input_elements}{fmt}", *quantise(config, vector))
+        for vector in config.input_vectors
+    )
+
+
+def camera_lookup(config: SketchConfig, input_scale: float | None = None,
+                  input_zero_point: int | None = None) -> tuple:
+    """What the sketch stores for each camera pixel value 0..255: the pixel's real value
+    (``camera_range``) quantised with the input tensor's scale and zero point (ints), or the
+    float32 real value. The sketch builds the same table at boot from the tensor's own
+    parameters; pass them here when they differ from the config's."""
+    lo, hi = config.camera_range
+    reals = [_f32(_f32(lo) + _f32(_f32(p) * _f32(_f32(hi - lo) / _f32(255.0))))
+             for p in range(256)]
+    if config.input_dtype == "float32":
+        return tuple(reals)
+    scale = input_scale if input_scale is not None else config.input_scale
+    zp = input_zero_point if input_zero_point is not None else config.input_zero_point
+    lo_q, hi_q = _DTYPE_RANGE[config.input_dtype]
+    out = []
+    for real in reals:
+        q = _round_half_away(_f32(real / _f32(scale))) + zp
+        out.append(min(hi_q, max(lo_q, q)))
+    return tuple(out)
+
+
+def _round_half_away(x: float) -> int:
+    """C's roundf/lroundf: halves away from zero (Python's round() goes to even)."""
+    n = math.floor(abs(x) + 0.5)
+    return n if x >= 0 else -n
+
+
+def _f32(v: float) -> float:
+    return struct.unpack("<f", struct.pack("<f", float(v)))[0]
+
+
+# ------------------------------------------------------------------ lines of the sketch
+# The C++ template prints these; the virtual board prints them through hal.protocol.
+
+
+def boot_line(config: SketchConfig, used_bytes: int) -> BootLine:
+    """The line the sketch prints once ``AllocateTensors()`` succeeded (and repeats every
+    2 s for the first 30 s)."""
+    return BootLine(sha=config.sha_prefix, arena_bytes=config.arena_bytes,
+                    used_bytes=used_bytes, firmware=config.template_version,
+                    board=config.board, protocol=PROTOCOL_VERSION)
+
+
+def status_line(config: SketchConfig, uptime_s: int, count: int) -> StatusLine:
+    """The periodic status line (every ``status_period_ms``); ``count`` is the number of
+    inferences run so far."""
+    return StatusLine(sha=config.sha_prefix, uptime_s=uptime_s, count=count,
+                      firmware=config.template_version, protocol=PROTOCOL_VERSION)
+
+
+def inference_line(config: SketchConfig, seq: int, latency_us: int,
+                   outputs) -> InferenceLine:
+    """One inference (``seq`` counts from 1): outputs dequantised, ``top`` is the first
+    index of the largest output, the label is ``labels[top]`` or empty."""
+    outputs = tuple(float(v) for v in outputs)
+    top = max(range(len(outputs)), key=lambda i: (outputs[i], -i)) if outputs else 0
+    label = config.labels[top] if top < len(config.labels) else ""
+    return InferenceLine(seq=seq, latency_us=latency_us, outputs=outputs, top=top,
+                         label=label)
+
+
+# code -> (message, number keys in order); the C++ prints the same text.
+ERROR_LINES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "alloc_failed": ("AllocateTensors() failed", ("arena",)),
+    "model_invalid": ("model schema version mismatch", ("schema", "expected")),
+    "bad_input": ("input tensor does not match the sketch", ("bytes", "expected")),
+    "invoke_failed": ("Invoke() failed", ("n",)),
+    "camera_failed": ("OV7675 camera did not start", ()),
+}
+OPS_FAILED_MESSAGE = "op registration failed"  # model_invalid with numbers ("ops",)
+
+
+def error_line(code: str, **numbers: int) -> ErrorLine:
+    """An error line exactly as the sketch prints it, e.g.
+    ``error_line("alloc_failed", arena=config.arena_bytes)``. Setup failures (every code
+    but ``invoke_failed``) are repeated every 2 s, because the sketch cannot run."""
+    if code == "model_invalid" and set(numbers) == {"ops"}:
+        return ErrorLine(code=code, message=OPS_FAILED_MESSAGE, numbers=dict(numbers))
+    message, keys = ERROR_LINES[code]
+    if set(numbers) != set(keys):
+        raise BugError("internal", f"{code} lines carry {keys}, not {tuple(numbers)}")
+    return ErrorLine(code=code, message=message, numbers={k: numbers[k] for k in keys})
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def _c_string(text: str) -> str:
+    """A C string literal holding the ASCII ``text``: quotes, backslashes, ``?`` (trigraphs)
+    and anything unprintable are escaped, so no input can end the literal early."""
+    out = ['"']
+    for ch in text:
+        o = ord(ch)
+        if ch in '\\"?':
+            out.append("\\" + ch)
+        elif 0x20 <= o < 0x7F:
+            out.append(ch)
+        elif o < 0x100:
+            out.append(f"\\{o:03o}")  # fixed 3-digit octal: cannot swallow following digits
+        else:
+            raise BugError("internal", "only ASCII text goes into C literals")
+    out.append('"')
+    return "".join(out)
+
+
+_HEX_TABLE = [f"0x{b:02x}" for b in range(256)]
+_BYTES_PER_LINE = 16
+
+MODEL_HEADER_TEXT = """\
+// Generated by hal/arduino/sketch.py: the model array (defined in model_data.cpp).
+#ifndef TINYML_MODEL_DATA_H_
+#define TINYML_MODEL_DATA_H_
+
+extern const unsigned char g_model[];
+extern const unsigned int g_model_len;
+
+#endif  // TINYML_MODEL_DATA_H_
+"""
+
+
+def _model_data_text(model: bytes, sha256: str) -> str:
+    lines = [
+        "// Generated by hal/arduino/sketch.py: the model flatbuffer. Do not edit.",
+        f"// sha256 {sha256}, {len(model)} bytes.",
+        '#include "model_data.h"',
+        "",
+        "// 16-byte alignment: TFLM reads the flatbuffer in place (CMSIS-NN wants it aligned).",
+        "alignas(16) const unsigned char g_model[] = {",
+    ]
+    table = _HEX_TABLE
+    for start in range(0, len(model), _BYTES_PER_LINE):
+        chunk = model[start:start + _BYTES_PER_LINE]
+        lines.append("    " + ", ".join([table[b] for b in chunk]) + ",")
+    lines.append("};")
+    lines.append(f"const unsigned int g_model_len = {len(model)};")
+    return "\n".join(lines) + "\n"
+
+
+def _float_literal(v: float) -> str:
+    """A C float literal for a float32 value (shortest text that reads back the same)."""
+    import numpy as np  # lazy: only float32 inputs need it
+
+    text = str(np.float32(v))
+    if "e" not in text and "." not in text:
+        text += ".0"
+    return text + "f"
+
+
+def _c_vector(config: SketchConfig, vector) -> str:
+    values = quantise(config, vector)
+    if config.input_dtype == "float32":
+        return "{" + ", ".join(_float_literal(v) for v in values) + "}"
+    return "{" + ", ".join(str(v) for v in values) + "}"
+
+
+def _method_for(op: str) -> str:
+    method = resolver_method(op)
+    if method is None or not _METHOD_RE.match(method):
+        raise BugError("internal", f"no valid resolver method for {op!r}: {method!r}")
+    return method
+
+
+def _config_text(c: SketchConfig) -> str:
+    dtype = c.input_dtype
+    camera = c.input_source == "camera"
+    out = [
+        "// Generated by hal/arduino/sketch.py for one install. Do not edit: the next",
+        "// install rewrites it. The template tinyml_sketch.ino reads these settings.",
+        "#ifndef TINYML_MODEL_CONFIG_H_",
+        "#define TINYML_MODEL_CONFIG_H_",
+        "",
+        "#include <stdint.h>",
+        "",
+        f"#define TINYML_TEMPLATE_VERSION {_c_string(c.template_version)}",
+        f"#define TINYML_MODEL_SHA {_c_string(c.sha_prefix)}",
+        f"#define TINYML_BOARD {_c_string(c.board)}",
+        f"#define TINYML_ARENA_BYTES {c.arena_bytes}",
+        f"#define TINYML_STATUS_PERIOD_MS {c.status_period_ms}",
+        f"#define TINYML_INFERENCE_PERIOD_MS {c.inference_period_ms}",
+        f"#define TINYML_REANNOUNCE_MS {REANNOUNCE_MS}",
+        f"#define TINYML_REANNOUNCE_UNTIL_MS {REANNOUNCE_UNTIL_MS}",
+        "",
+        "// Exactly the model's ops: a MicroMutableOpResolver<TINYML_OP_COUNT>, never the",
+        "// all-ops resolver (about 200 KB more flash). One op per line: method /* op */.",
+    ]
+    methods = []
+    lines = []
+    for op in c.ops:
+        method = _method_for(op)
+        if method in methods:
+            continue
+        methods.append(method)
+        lines.append(f"    ok = ((resolver).{method}() == kTfLiteOk) && ok; /* {op} */ \\")
+    out.append(f"#define TINYML_OP_COUNT {len(methods)}")
+    out.append("#define TINYML_REGISTER_OPS(resolver, ok) \\")
+    out.append("  do { \\")
+    out.extend(lines)
+    out.append("  } while (0)")
+    out.append("")
+    out.append("// Input tensor 0 as the model declares it.")
+    out.append(f"#define TINYML_INPUT_DTYPE {_c_string(dtype)}")
+    out.append(f"typedef {_C_TYPE[dtype]} tinyml_input_t;")
+    out.append(f"#define TINYML_INPUT_TFLITE_TYPE {_TFLITE_TYPE[dtype]}")
+    out.append(f"#define TINYML_INPUT_RANK {len(c.input_shape)}")
+    out.append("#define TINYML_INPUT_SHAPE {" + ", ".join(map(str, c.input_shape)) + "}")
+    out.append(f"#define TINYML_INPUT_ELEMENTS {c.input_elements}")
+    if dtype == "float32":
+        out.append("#define TINYML_INPUT_QUANTISED 0")
+    else:
+        out.append("#define TINYML_INPUT_QUANTISED 1")
+        # repr: the shortest text that reads back to the same double (read_sketch relies on it)
+        out.append(f"#define TINYML_INPUT_SCALE {c.input_scale!r}")
+        out.append(f"#define TINYML_INPUT_ZERO_POINT {c.input_zero_point}")
+    out.append("")
+    out.append("// Input source: 1 = OV7675 camera (96x96 grayscale), 0 = the test vectors below.")
+    out.append(f"#define TINYML_INPUT_CAMERA {1 if camera else 0}")
+    if camera:
+        lo, hi = c.camera_range
+        out.append("// Real value of a black (0) and a white (255) pixel, before quantisation.")
+        out.append(f"#define TINYML_CAMERA_REAL_LO {float(lo)!r}")
+        out.append(f"#define TINYML_CAMERA_REAL_HI {float(hi)!r}")
+    out.append("")
+    out.append("// Labels, stored as their JSON escape (printed as is inside the label string).")
+    out.append(f"#define TINYML_LABEL_COUNT {len(c.labels)}")
+    out.append("static const char* const kTinymlLabels[] = {")
+    for label in c.labels or ("",):  # never an empty array: TINYML_LABEL_COUNT says 0
+        out.append(f"    {_c_string(label_wire_text(label))},")
+    out.append("};")
+    out.append("")
+    out.append("// Test vectors, quantised for the input type, cycled one per inference.")
+    out.append(f"#define TINYML_INPUT_VECTOR_COUNT {len(c.input_vectors)}")
+    if c.input_vectors:
+        out.append("alignas(4) static const tinyml_input_t "
+                   "kTinymlInputVectors[TINYML_INPUT_VECTOR_COUNT][TINYML_INPUT_ELEMENTS] = {")
+        for vector in c.input_vectors:
+            out.append(f"    {_c_vector(c, vector)},")
+        out.append("};")
+    out.append("")
+    out.append("#endif  // TINYML_MODEL_CONFIG_H_")
+    return "\n".join(out) + "\n"
+
+
+def template_text() -> bytes:
+    """The bytes of the static sketch template (``tinyml_sketch.ino``)."""
+    try:
+        return (TEMPLATE_DIR / INO_FILE).read_bytes()
+    except OSError as exc:
+        raise BugError("internal", f"the firmware template is missing: {exc}") from None
+
+
+def rendered_files(config: SketchConfig) -> dict[str, bytes]:
+    """The sketch's files by name, as :func:`render_sketch` writes them (validated)."""
+    validate_config(config)
+    return {
+        INO_FILE: template_text(),
+        MODEL_HEADER_FILE: MODEL_HEADER_TEXT.encode("ascii"),
+        MODEL_DATA_FILE: _model_data_text(config.model, config.model_sha256).encode("ascii"),
+        CONFIG_FILE: _config_text(config).encode("ascii"),
+    }
+
+
+def _write_if_changed(path: Path, data: bytes) -> bool:
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    # Write beside and rename: an interrupted install never leaves half a model file.
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return True
+
+
+# Files arduino-cli would compile if they sat in the sketch folder.
+_SOURCE_SUFFIXES = (".ino", ".pde", ".c", ".cpp", ".cc", ".cxx", ".h", ".hh", ".hpp", ".S")
+
+
+def render_sketch(config: SketchConfig, sketch_dir: Path) -> bool:
+    """Write the sketch into ``sketch_dir`` (created; its basename must be
+    :data:`SKETCH_NAME`). Only files whose content changed are rewritten (so arduino-cli's
+    cache sees unchanged mtimes); the model always goes to the fixed file name
+    ``model_data.cpp``. Source files that are not ours are removed (arduino-cli would compile
+    them). Returns True if anything changed. Raises ``InputError("bad_option")`` for a
+    configuration the template cannot take; nothing is written then."""
+    sketch_dir = Path(sketch_dir)
+    if sketch_dir.name != SKETCH_NAME:
+        raise _bad("sketch_dir", f"the sketch folder must be named {SKETCH_NAME!r} (arduino-cli "
+                   f"requires folder name == .ino name), not {sketch_dir.name!r}")
+    files = rendered_files(config)  # validates before anything touches the disk
+    sketch_dir.mkdir(parents=True, exist_ok=True)
+    changed = []
+    for name, data in files.items():
+        if _write_if_changed(sketch_dir / name, data):
+            changed.append(name)
+    for entry in sketch_dir.iterdir():
+        stray_tmp = entry.name.startswith(".") and entry.name.endswith(".tmp")
+        if entry.is_file() and entry.name not in files and (
+                stray_tmp or entry.suffix in _SOURCE_SUFFIXES):
+            entry.unlink()
+            changed.append(f"-{entry.name}")
+    log.info("rendered sketch %s for model %s: %s", sketch_dir, config.sha_prefix,
+             ", ".join(changed) if changed else "unchanged")
+    return bool(changed)
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+class _Source:
+    """One file being parsed, for compiler-like errors."""
+
+    def __init__(self, sketch_dir: Path, name: str) -> None:
+        self.name = name
+        path = sketch_dir / name
+        try:
+            self.data = path.read_bytes()
+        except FileNotFoundError:
+            raise InputError("compile_failed", f"{name}: No such file or directory",
+                             file=name, line=0) from None
+        try:
+            self.text = self.data.decode("ascii")
+        except UnicodeDecodeError as exc:
+            line = self.data[: exc.start].count(b"\n") + 1
+            raise self.error(line, "stray non-ASCII byte in program") from None
+
+    def error(self, line: int, message: str) -> InputError:
+        return InputError("compile_failed", f"{self.name}:{line}: error: {message}",
+                          file=self.name, line=line)
+
+
+_MODEL_START = "alignas(16) const unsigned char g_model[] = {"
+_MODEL_FAST = re.compile(
+    r"\A(?://[^\n]*\n)*#include \"model_data\.h\"\n\n(?://[^\n]*\n)*"
+    + re.escape(_MODEL_START)
+    + r"\n((?:    (?:0x[0-9a-f]{2}, )*0x[0-9a-f]{2},\n)*)\};\n"
+    r"const unsigned int g_model_len = ([0-9]+);\n\Z"
+)
+_HEX_BYTE = re.compile(r"0x([0-9a-f]{2})")
+_MODEL_LINE = re.compile(r"^    (?:0x[0-9a-f]{2}, )*0x[0-9a-f]{2},$")
+
+
+def _read_model(src: _Source) -> bytes:
+    m = _MODEL_FAST.match(src.text)
+    if m:
+        model = bytes.fromhex("".join(_HEX_BYTE.findall(m.group(1))))
+        if len(model) != int(m.group(2)):
+            line = src.text.count("\n")
+            raise src.error(line, f"g_model_len is {m.group(2)} but g_model holds "
+                            f"{len(model)} bytes")
+        return model
+    # Slow path: find the first line that does not fit, for a useful error.
+    lines = src.text.split("\n")
+    state = "head"
+    for no, line in enumerate(lines, 1):
+        if state == "head":
+            if line == _MODEL_START:
+                state = "body"
+            elif not (line.startswith("//") or line == "" or line == '#include "model_data.h"'):
+                raise src.error(no, f"expected the g_model array, found {line[:60]!r}")
+        elif state == "body":
+            if line == "};":
+                state = "len"
+            elif not _MODEL_LINE.match(line):
+                raise src.error(no, f"malformed byte list {line[:60]!r}")
+        elif state == "len":
+            if not re.match(r"^const unsigned int g_model_len = [0-9]+;$", line):
+                raise src.error(no, f"expected g_model_len, found {line[:60]!r}")
+            state = "end"
+        elif line != "":
+            raise src.error(no, f"unexpected text after g_model_len: {line[:60]!r}")
+    if state != "end":
+        raise src.error(len(lines), "unexpected end of file in the g_model array")
+    raise src.error(1, "model_data.cpp does not have the generated layout")
+
+
+_DEFINE = re.compile(r"^#define (TINYML_[A-Z_]+)(?: (.*))?$")
+_OP_LINE = re.compile(
+    r"^    ok = \(\(resolver\)\.(Add[A-Za-z0-9]+)\(\) == kTfLiteOk\) && ok; "
+    r"/\* ((?:CUSTOM:)?[A-Za-z0-9_.\-]{1,64}) \*/ \\$"
+)
+_LABEL_LINE = re.compile(r'^    ("(?:[^"\\]|\\.)*"),$')
+_VECTOR_LINE = re.compile(r"^    \{(.*)\},$")
+_INT = re.compile(r"^-?[0-9]+$")
+_FLOAT_LIT = re.compile(r"^-?(?:[0-9]+\.[0-9]*|[0-9]+)(?:e[+-]?[0-9]+)?f$")
+_STATIC_LINES = {
+    "#ifndef TINYML_MODEL_CONFIG_H_",
+    "#include <stdint.h>",
+    "#endif  // TINYML_MODEL_CONFIG_H_",
+    "  do { \\",
+    "  } while (0)",
+    "};",
+}
+
+
+def _c_unescape(src: _Source, no: int, literal: str) -> str:
+    """The text of a C string literal in the form :func:`_c_string` writes."""
+    body = literal[1:-1]
+    out = []
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch == '"':
+            raise src.error(no, "stray quote in string literal")
+        if ch != "\\":
+            out.append(ch)
+            i += 1
+            continue
+        nxt = body[i + 1:i + 2]
+        if nxt in ("\\", '"', "?"):
+            out.append(nxt)
+            i += 2
+        elif re.match(r"[0-7]{3}", body[i + 1:i + 4]):
+            out.append(chr(int(body[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            raise src.error(no, f"unknown escape sequence '\\{nxt}'")
+    return "".join(out)
+
+
+def _read_config(src: _Source) -> dict:
+    values: dict[str, tuple[int, str]] = {}
+    ops: list[tuple[str, str]] = []
+    labels: list[str] = []
+    vectors: list[tuple[int, str]] = []
+    typedef = None
+    block = None
+    for no, line in enumerate(src.text.split("\n"), 1):
+        if block == "ops":
+            if line == "  do { \\" and not ops:
+                continue
+            m = _OP_LINE.match(line)
+            if m:
+                ops.append((m.group(1), m.group(2)))
+                continue
+            if line != "  } while (0)":
+                raise src.error(no, f"malformed op registration {line[:60]!r}")
+            block = None
+            continue
+        if block == "labels":
+            if line == "};":
+                block = None
+                continue
+            m = _LABEL_LINE.match(line)
+            if not m:
+                raise src.error(no, f"malformed label literal {line[:60]!r}")
+            wire = _c_unescape(src, no, m.group(1))
+            try:
+                label = json.loads('"' + wire + '"')
+            except ValueError:
+                raise src.error(no, "label is not a JSON-escaped string") from None
+            if not isinstance(label, str) or label_wire_text(label) != wire:
+                raise src.error(no, "label is not in canonical JSON escape form")
+            labels.append(label)
+            continue
+        if block == "vectors":
+            if line == "};":
+                block = None
+                continue
+            m = _VECTOR_LINE.match(line)
+            if not m:
+                raise src.error(no, f"malformed vector initialiser {line[:60]!r}")
+            vectors.append((no, m.group(1)))
+            continue
+        if line == "" or line.startswith("//") or line in _STATIC_LINES:
+            continue
+        if line == "#define TINYML_REGISTER_OPS(resolver, ok) \\":
+            block = "ops"
+            continue
+        if line == "static const char* const kTinymlLabels[] = {":
+            block = "labels"
+            continue
+        if line == ("alignas(4) static const tinyml_input_t "
+                    "kTinymlInputVectors[TINYML_INPUT_VECTOR_COUNT][TINYML_INPUT_ELEMENTS] = {"):
+            block = "vectors"
+            continue
+        m = re.match(r"^typedef (int8_t|uint8_t|float) tinyml_input_t;$", line)
+        if m:
+            typedef = m.group(1)
+            continue
+        m = _DEFINE.match(line)
+        if m and m.group(2) is not None:
+            if m.group(1) in values:
+                raise src.error(no, f"{m.group(1)} redefined")
+            values[m.group(1)] = (no, m.group(2))
+            continue
+        if line == "#define TINYML_MODEL_CONFIG_H_":
+            continue
+        raise src.error(no, f"unexpected line {line[:60]!r}")
+    if block is not None:
+        raise src.error(src.text.count("\n") + 1, f"unexpected end of file in the {block} block")
+    return {"values": values, "ops": ops, "labels": labels, "vectors": vectors,
+            "typedef": typedef}
+
+
+def read_sketch(sketch_dir: Path) -> SketchConfig:
+    """Inverse of :func:`render_sketch`: parse the generated files back (used by the stand-in
+    arduino-cli to build a firmware image for the virtual board). Raises
+    ``InputError("compile_failed", ...)`` with ``file`` and ``line`` when the sources are
+    malformed (mimicking a compiler error). Quantised vectors come back dequantised, so
+    rendering the result again gives the same files."""
+    sketch_dir = Path(sketch_dir)
+    ino = _Source(sketch_dir, INO_FILE)
+    if ino.data != template_text():
+        raise ino.error(1, f"{INO_FILE} is not the template {TEMPLATE_VERSION} (edited?)")
+    header = _Source(sketch_dir, MODEL_HEADER_FILE)
+    if header.text != MODEL_HEADER_TEXT:
+        raise header.error(1, "model_data.h is not the generated header")
+    model = _read_model(_Source(sketch_dir, MODEL_DATA_FILE))
+    src = _Source(sketch_dir, CONFIG_FILE)
+    parsed = _read_config(src)
+    values = parsed["values"]
+
+    def get(name: str) -> tuple[int, str]:
+        if name not in values:
+            raise src.error(1, f"'{name}' was not declared in this scope")
+        return values[name]
+
+    def get_int(name: str, low: int = 0) -> int:
+        no, text = get(name)
+        if not _INT.match(text) or int(text) < low:
+            raise src.error(no, f"{name} must be an integer >= {low}, not {text!r}")
+        return int(text)
+
+    def get_str(name: str) -> str:
+        no, text = get(name)
+        if not _LABEL_LINE.match("    " + text + ","):
+            raise src.error(no, f"{name} must be a string literal")
+        return _c_unescape(src, no, text)
+
+    def get_float(name: str) -> float:
+        no, text = get(name)
+        try:
+            value = float(text)
+        except ValueError:
+            raise src.error(no, f"{name} must be a number, not {text!r}") from None
+        if not math.isfinite(value):
+            raise src.error(no, f"{name} must be finite")
+        return value
+
+    version = get_str("TINYML_TEMPLATE_VERSION")
+    sha_prefix = get_str("TINYML_MODEL_SHA")
+    sha256 = hashlib.sha256(model).hexdigest()
+    if sha_prefix != sha256[:SHA_PREFIX_LEN]:
+        no, _ = get("TINYML_MODEL_SHA")
+        raise src.error(no, f"TINYML_MODEL_SHA {sha_prefix!r} does not match model_data.cpp "
+                        f"({sha256[:SHA_PREFIX_LEN]})")
+    dtype = get_str("TINYML_INPUT_DTYPE")
+    if dtype not in _C_TYPE or parsed["typedef"] != _C_TYPE[dtype]:
+        no, _ = get("TINYML_INPUT_DTYPE")
+        raise src.error(no, f"input type {dtype!r} does not match typedef {parsed['typedef']}")
+    no, shape_text = get("TINYML_INPUT_SHAPE")
+    m = re.match(r"^\{([0-9]+(?:, [0-9]+)*)\}$", shape_text)
+    if not m:
+        raise src.error(no, f"malformed TINYML_INPUT_SHAPE {shape_text!r}")
+    shape = tuple(int(d) for d in m.group(1).split(", "))
+    elements = get_int("TINYML_INPUT_ELEMENTS", 1)
+    if get_int("TINYML_INPUT_RANK", 1) != len(shape) or math.prod(shape) != elements:
+        raise src.error(no, "TINYML_INPUT_SHAPE, _RANK and _ELEMENTS disagree")
+    quantised = get_int("TINYML_INPUT_QUANTISED")
+    scale = zp = None
+    if quantised:
+        scale = get_float("TINYML_INPUT_SCALE")
+        zp_no, zp_text = get("TINYML_INPUT_ZERO_POINT")
+        if not _INT.match(zp_text):
+            raise src.error(zp_no, "TINYML_INPUT_ZERO_POINT must be an integer")
+        zp = int(zp_text)
+    camera = get_int("TINYML_INPUT_CAMERA")
+    camera_range = (0.0, 1.0)
+    if camera:
+        camera_range = (get_float("TINYML_CAMERA_REAL_LO"), get_float("TINYML_CAMERA_REAL_HI"))
+
+    ops = parsed["ops"]
+    if get_int("TINYML_OP_COUNT") != len(ops):
+        no, _ = get("TINYML_OP_COUNT")
+        raise src.error(no, f"TINYML_OP_COUNT is not the {len(ops)} registered ops")
+    for method, op in ops:
+        if resolver_method(op) != method:
+            raise src.error(get("TINYML_OP_COUNT")[0],
+                            f"{method}() does not register {op} (expected "
+                            f"{resolver_method(op)})")
+    labels = tuple(parsed["labels"])
+    label_count = get_int("TINYML_LABEL_COUNT")
+    if label_count == 0 and labels == ("",):
+        labels = ()
+    if label_count != len(labels):
+        no, _ = get("TINYML_LABEL_COUNT")
+        raise src.error(no, f"TINYML_LABEL_COUNT {label_count} but {len(labels)} labels")
+
+    partial = SketchConfig(
+        model=model, model_sha256=sha256, ops=tuple(op for _, op in ops), arena_bytes=0,
+        labels=labels, input_dtype=dtype, input_shape=shape, input_scale=scale,
+        input_zero_point=zp, input_vectors=(),
+    )
+    vectors = []
+    for no, body in parsed["vectors"]:
+        items = body.split(", ")
+        if len(items) != elements:
+            raise src.error(no, f"too {'many' if len(items) > elements else 'few'} "
+                            f"initializers: {len(items)} for {elements} elements")
+        if dtype == "float32":
+            if not all(_FLOAT_LIT.match(t) for t in items):
+                raise src.error(no, "malformed float initializer")
+            stored = [float(t[:-1]) for t in items]
+        else:
+            if not all(_INT.match(t) for t in items):
+                raise src.error(no, "malformed integer initializer")
+            stored = [int(t) for t in items]
+            lo, hi = _DTYPE_RANGE[dtype]
+            if not all(lo <= q <= hi for q in stored):
+                raise src.error(no, f"narrowing conversion: value out of {dtype} range")
+        vectors.append(dequantise(partial, stored))
+    if get_int("TINYML_INPUT_VECTOR_COUNT") != len(vectors):
+        no, _ = get("TINYML_INPUT_VECTOR_COUNT")
+        raise src.error(no, f"TINYML_INPUT_VECTOR_COUNT is not the {len(vectors)} vectors")
+
+    config = replace(
+        partial,
+        arena_bytes=get_int("TINYML_ARENA_BYTES", 1),
+        input_vectors=tuple(vectors),
+        input_source="camera" if camera else "vectors",
+        board=get_str("TINYML_BOARD"),
+        status_period_ms=get_int("TINYML_STATUS_PERIOD_MS"),
+        template_version=version,
+        inference_period_ms=get_int("TINYML_INFERENCE_PERIOD_MS"),
+        camera_range=camera_range,
+    )
+    try:
+        validate_config(config)
+    except InputError as exc:
+        raise src.error(1, f"invalid configuration: {exc.message}") from None
+    return config
+
+
+__all__ = [
+    "SKETCH_NAME",
+    "TEMPLATE_VERSION",
+    "SketchConfig",
+    "boot_line",
+    "camera_lookup",
+    "config_for",
+    "dequantise",
+    "error_line",
+    "inference_line",
+    "input_tensor_bytes",
+    "quantise",
+    "read_sketch",
+    "render_sketch",
+    "status_line",
+    "validate_config",
+]
