@@ -36,8 +36,8 @@ DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # MCU targets; Linux profiles allow more
 IDENTIFIER = b"TFL3"
 # A subgraph larger than this is not a microcontroller model, and the O(n^2) planner would
 # take too long on it.
-MAX_TENSORS = 20000
-MAX_OPS = 20000
+MAX_TENSORS = 10000
+MAX_OPS = 10000
 
 # schema TensorType -> (numpy-style name, element bits; 0 = not an arena tensor)
 _TYPES: dict[int, tuple[str, int]] = {

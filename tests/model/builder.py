@@ -6,9 +6,8 @@ previous activation (and an optional constant weight tensor) and writing the nex
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import importlib
+from collections.abc import Sequence
 
 import flatbuffers
 from tflite.BuiltinOperator import BuiltinOperator
@@ -17,7 +16,7 @@ from tflite.BuiltinOperator import BuiltinOperator
 # modules (which hold the builder functions) explicitly.
 B = importlib.import_module("tflite.Buffer")
 M = importlib.import_module("tflite.Model")
-O = importlib.import_module("tflite.Operator")
+OP = importlib.import_module("tflite.Operator")
 OC = importlib.import_module("tflite.OperatorCode")
 Q = importlib.import_module("tflite.QuantizationParameters")
 SG = importlib.import_module("tflite.SubGraph")
@@ -122,13 +121,13 @@ def build_model(
         op_offsets = []
         for i, name in enumerate(ops):
             ins = [act[i]] + ([wts[i]] if wts else [])
-            in_vec = _int_vector(b, O.OperatorStartInputsVector, ins)
-            out_vec = _int_vector(b, O.OperatorStartOutputsVector, [act[i + 1]])
-            O.OperatorStart(b)
-            O.OperatorAddOpcodeIndex(b, names.index(name))
-            O.OperatorAddInputs(b, in_vec)
-            O.OperatorAddOutputs(b, out_vec)
-            op_offsets.append(O.OperatorEnd(b))
+            in_vec = _int_vector(b, OP.OperatorStartInputsVector, ins)
+            out_vec = _int_vector(b, OP.OperatorStartOutputsVector, [act[i + 1]])
+            OP.OperatorStart(b)
+            OP.OperatorAddOpcodeIndex(b, names.index(name))
+            OP.OperatorAddInputs(b, in_vec)
+            OP.OperatorAddOutputs(b, out_vec)
+            op_offsets.append(OP.OperatorEnd(b))
         t_vec = _offset_vector(b, SG.SubGraphStartTensorsVector, tensors)
         o_vec = _offset_vector(b, SG.SubGraphStartOperatorsVector, op_offsets)
         in_vec = _int_vector(b, SG.SubGraphStartInputsVector, [0])
