@@ -1,0 +1,511 @@
+"""The Raspberry Pi driver (``driver = "rpi"``): any Linux host reachable over SSH that can
+run a TFLite interpreter.
+
+An install is a story of logged, timed steps:
+
+``validate``    host-side model analysis (``hal.model.analyze``), vectors against the input.
+``preflight``   one remote probe: architecture, Python, interpreter, disk, memory, what is
+                already deployed (``install_runtime`` may follow, only when configured).
+``upload``      the deployment directory, content-addressed by the model's sha256 (skipped
+                when it is already complete on the target; changed runner files are replaced).
+``start``       the previous runner is stopped (its files stay).
+``verify_boot`` the new runner is started and must print the boot line with the model's hash
+                and a first inference (or status) line; then ``current`` is switched and old
+                deployments are pruned. On any failure the previous runner is started again
+                and verified, and the failure is raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from hal.boards import get_profile
+from hal.deadline import Deadline
+from hal.driver import (
+    STEP_PREFLIGHT,
+    STEP_START,
+    STEP_UPLOAD,
+    STEP_VALIDATE,
+    STEP_VERIFY,
+    DeviceInfo,
+    Driver,
+    DriverContext,
+    ErrorSink,
+    InstallReport,
+    InstallRequest,
+    LineSink,
+    StepRecorder,
+    register_driver,
+)
+from hal.errors import DeviceError, HalError, InputError, as_hal_error
+from hal.protocol import DeviceLine, to_dict
+from hal.rpi import deploy, preflight
+from hal.rpi.boot import BootResult, start_and_verify
+from hal.rpi.observe import LogFollower, NumberedSink
+from hal.rpi.settings import RpiSettings
+from hal.rpi.ssh import SshEndpoint, SshSession, quote_args
+from hal.rpi.supervise import Layout, ProcessSupervisor, Supervisor, SystemdSupervisor
+
+log = logging.getLogger(__name__)
+
+STEP_INSTALL_RUNTIME = "install_runtime"
+ROLLBACK_DEADLINE_S = 30.0
+MAX_VECTORS = 1024
+
+
+@register_driver("rpi")
+class RpiDriver(Driver):
+    """A Linux target over SSH. Thread-safe; one SSH connection per device, reused."""
+
+    board: ClassVar[str] = "rpi64"
+    Settings: ClassVar[type[RpiSettings]] = RpiSettings
+
+    def __init__(self, device_id: str, settings: RpiSettings, context: DriverContext) -> None:
+        super().__init__(device_id, settings, context)
+        self.settings: RpiSettings = settings
+        self.session = SshSession(
+            SshEndpoint(
+                host=settings.host, port=settings.port, user=settings.user,
+                key_file=settings.key_file, known_hosts=settings.known_hosts,
+                trust_on_first_use=settings.trust_on_first_use,
+                connect_timeout_s=settings.connect_timeout_s,
+            ),
+            device_id,
+        )
+        self._facts: preflight.TargetFacts | None = None
+        self._python = settings.python  # may become <workdir>/venv/bin/python
+        self._observe_lock = threading.Lock()
+        self._follower: LogFollower | None = None
+        self._sink: LineSink | None = None
+        self._on_error: ErrorSink | None = None
+        self.last_line_number = 0  # sequence number of the last observed line
+        # Optional hook: (bytes sent, total) during a model upload (CLI progress bars, tests).
+        self.on_upload_progress: Callable[[int, int], None] | None = None
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _cmd_deadline(self, deadline: Deadline, what: str) -> Deadline:
+        return deadline.sub(self.settings.command_timeout_s, what)
+
+    def _layout(self) -> Layout:
+        if self._facts is None:
+            raise DeviceError("device_error", "preflight has not run")
+        return Layout(self._facts.workdir)
+
+    def _supervisor(self, facts: preflight.TargetFacts) -> Supervisor:
+        layout = Layout(facts.workdir)
+        mode = self.settings.supervisor
+        if mode == "systemd" or (mode == "auto" and facts.systemd_usable):
+            return SystemdSupervisor(layout, self._python)
+        return ProcessSupervisor(layout, self._python)
+
+    # -- install -----------------------------------------------------------------------------
+
+    def _validate(self, request: InstallRequest) -> tuple[Any, str]:
+        from hal.model.analysis import analyze
+
+        profile = get_profile(self.board)
+        report = analyze(request.model, max_bytes=profile.max_model_bytes)
+        source = request.input_source if request.input_source != "vectors" \
+            else self.settings.input_source
+        try:
+            RpiSettings._source(source)
+        except ValueError as exc:
+            raise InputError("bad_option", str(exc), input_source=source) from None
+        if len(report.inputs) != 1:
+            raise InputError("bad_request", f"the runner feeds one input tensor; the model "
+                             f"has {len(report.inputs)}", inputs=len(report.inputs))
+        if len(request.input_vectors) > MAX_VECTORS:
+            raise InputError("bad_request", f"{len(request.input_vectors)} input vectors; at "
+                             f"most {MAX_VECTORS}", vectors=len(request.input_vectors))
+        need = report.inputs[0].elements
+        for i, vec in enumerate(request.input_vectors):
+            if len(vec) != need:
+                raise InputError("bad_request", f"input vector {i} has {len(vec)} values, the "
+                                 f"model's input needs {need}", index=i, expected=need,
+                                 got=len(vec))
+        return report, source
+
+    def _install(self, request: InstallRequest, deadline: Deadline,
+                 steps: StepRecorder) -> InstallReport:
+        with steps.step(STEP_VALIDATE) as info:
+            report, source = self._validate(request)
+            sha = report.sha256
+            info.update(sha256=sha, size_bytes=report.size_bytes, input_source=source)
+
+        with steps.step(STEP_PREFLIGHT) as info:
+            facts = self._preflight(sha, deadline, steps)
+            runtime = preflight.choose_runtime(facts)
+            dep = facts.deployment
+            complete = bool(dep.get("exists") and dep.get("model_ok"))
+            fit = preflight.check_fit(
+                facts, model_bytes=report.size_bytes,
+                memory_estimate_bytes=report.arena_estimate_bytes,
+                disk_reserve_bytes=self.settings.disk_reserve_bytes,
+                runtime_memory_bytes=self.settings.runtime_memory_bytes,
+                upload_needed=not complete)
+            info.update(arch=facts.arch, python=".".join(map(str, facts.python)),
+                        runtime=runtime, runtime_version=facts.runtimes.get(runtime),
+                        numpy=facts.numpy, board=facts.board, previous=facts.current, **fit)
+        layout = Layout(facts.workdir)
+        supervisor = self._supervisor(facts)
+        settings_doc = {
+            "sha256": sha,
+            "labels": list(request.labels),
+            "vectors": [list(v) for v in request.input_vectors],
+            "input_source": source,
+            "period_s": self.settings.period_s,
+            "status_period_s": self.settings.status_period_s,
+            "board": facts.board,
+            "model": "model.tflite",
+            "inputs": [{"shape": list(t.shape), "dtype": t.dtype} for t in report.inputs],
+            "outputs": [{"shape": list(t.shape), "dtype": t.dtype} for t in report.outputs],
+        }
+        files = deploy.runner_files(settings_doc)
+
+        replaced: tuple[str, ...] = ()
+        if complete:
+            have = dep.get("files", {})
+            changed = {n: b for n, b in files.items() if have.get(n) != _sha(b)}
+            if changed:
+                with steps.step(STEP_UPLOAD, skipped_model=True) as info:
+                    res = deploy.update_small_files(self.session, layout, sha, changed,
+                                                    self._cmd_deadline(deadline, "upload"))
+                    replaced = tuple(changed)
+                    info.update(files=list(changed), bytes=res.uploaded_bytes)
+            else:
+                steps.skip(STEP_UPLOAD, "deployment already complete on the target",
+                           sha256=sha)
+        else:
+            with steps.step(STEP_UPLOAD) as info:
+                res = deploy.upload_deployment(self.session, layout, sha, request.model, files,
+                                               deadline.sub(None, "upload"),
+                                               self.on_upload_progress)
+                info.update(bytes=res.uploaded_bytes, files=list(res.files))
+
+        try:
+            with steps.step(STEP_START, supervisor=supervisor.kind) as info:
+                self._run(supervisor.stop_script(), deadline, "stop runner")
+            with steps.step(STEP_VERIFY) as info:
+                boot = self._start(supervisor, sha, source, deadline.sub(
+                    min(request.boot_deadline_s, self.settings.boot_deadline_s),
+                    "boot verification"))
+                info.update(boot=to_dict(boot.boot), seconds_to_boot=round(boot.seconds, 3))
+                pruned = deploy.activate(self.session, layout, sha,
+                                         self.settings.keep_deployments,
+                                         self._cmd_deadline(deadline, "activate"))
+                info.update(pruned=pruned)
+        except BaseException as exc:
+            err = as_hal_error(exc)
+            err.detail["rollback"] = self._rollback(supervisor, layout, facts, sha, replaced)
+            if err is exc:
+                raise
+            raise err from exc
+        if replaced:
+            deploy.finish_small_files(self.session, layout, sha, replaced, restore=False,
+                                      deadline=Deadline(10.0))
+        self._follow_new(layout.log(sha), boot.log_lines + 1)
+        return InstallReport(
+            device_id=self.device_id,
+            model_sha256=sha,
+            boot=to_dict(boot.boot),
+            arena_bytes=boot.boot.arena_bytes,
+            compiled=not (complete and not replaced),
+            steps=dict(steps.durations),
+            detail={
+                "host": self.settings.host, "port": self.settings.port,
+                "user": self.settings.user, "workdir": facts.workdir, "arch": facts.arch,
+                "board": facts.board, "runtime": runtime, "python": self._python,
+                "supervisor": supervisor.kind, "upload_skipped": complete,
+                "previous": facts.current, "pruned": pruned,
+                "used_bytes": boot.boot.used_bytes, "confirm": to_dict(boot.confirm),
+                "log_line": boot.log_lines + 1,
+            },
+        )
+
+    def _run(self, script: str, deadline: Deadline, what: str):
+        return self.session.run(script, self._cmd_deadline(deadline, what), what=what)
+
+    def _preflight(self, sha: str, deadline: Deadline,
+                   steps: StepRecorder) -> preflight.TargetFacts:
+        sub = self._cmd_deadline(deadline, "preflight")
+        facts = preflight.probe(self.session, self._python, self.settings.workdir, sha, sub)
+        try:
+            preflight.choose_runtime(facts)
+        except DeviceError as exc:
+            if exc.code != "runtime_missing":
+                raise
+            if facts.venv_python and self._python != facts.venv_python and \
+                    self.settings.install_runtime:
+                self._python = facts.venv_python
+                facts = preflight.probe(self.session, self._python, self.settings.workdir,
+                                        sha, sub)
+                try:
+                    preflight.choose_runtime(facts)
+                except DeviceError:
+                    facts = self._install_runtime(facts, sha, deadline, steps)
+            elif self.settings.install_runtime:
+                facts = self._install_runtime(facts, sha, deadline, steps)
+            else:
+                raise
+        self._facts = facts
+        return facts
+
+    def _install_runtime(self, facts: preflight.TargetFacts, sha: str, deadline: Deadline,
+                         steps: StepRecorder) -> preflight.TargetFacts:
+        """pip-install the interpreter into ``<workdir>/venv`` (never system-wide), as its
+        own logged step; the runner then uses that venv's python."""
+        venv = f"{facts.workdir}/venv"
+        packages = preflight.pip_packages(facts)
+        with steps.step(STEP_INSTALL_RUNTIME, venv=venv, packages=packages) as info:
+            log.warning("device=%s installing %s into %s on the target (install_runtime = "
+                        "true)", self.device_id, " ".join(packages), venv)
+            base = self.settings.python
+            script = (
+                f"{quote_args([base, '-m', 'venv', venv])} || exit 10\n"
+                f"{quote_args([venv + '/bin/python', '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check', *self.settings.pip_args, *packages])}"  # noqa: E501
+                " || exit 11\n"
+            )
+            res = self.session.run(script, deadline.sub(900.0, "install runtime"),
+                                   what="install runtime")
+            info.update(status=res.status)
+            if not res.ok:
+                stage = "creating the venv" if res.status == 10 else "pip install"
+                raise DeviceError("runtime_missing", f"installing the runtime failed while "
+                                  f"{stage}: {res.err_text(600)}", venv=venv,
+                                  packages=packages, status=res.status,
+                                  stderr_tail=res.err_text(), fix=preflight.install_hint(facts))
+            self._python = venv + "/bin/python"
+            facts = preflight.probe(self.session, self._python, self.settings.workdir, sha,
+                                    self._cmd_deadline(deadline, "preflight"))
+            preflight.choose_runtime(facts)
+            info.update(runtimes=facts.runtimes)
+        return facts
+
+    def _start(self, supervisor: Supervisor, sha: str, source: str,
+               deadline: Deadline) -> BootResult:
+        layout = supervisor.layout
+        start_id = secrets.token_hex(6)
+        mode = "fifo" if source == "stdin" else "null"
+        return start_and_verify(
+            self.session, supervisor.start_script(sha, start_id, mode),
+            supervisor.exit_script(), f"{layout.deployment(sha)}/runner.err", sha, start_id,
+            deadline, wait_for_inference=source == "vectors")
+
+    def _rollback(self, supervisor: Supervisor, layout: Layout,
+                  facts: preflight.TargetFacts, sha: str,
+                  replaced: tuple[str, ...]) -> dict[str, Any]:
+        """Stop the failed runner and start the previous deployment again (its own deadline:
+        a cancelled or timed-out job must still leave the device running something known)."""
+        deadline = Deadline(ROLLBACK_DEADLINE_S, what="rollback")
+        out: dict[str, Any] = {"previous": facts.current}
+        try:
+            self.session.run(supervisor.stop_script(), deadline.sub(10.0), what="stop runner")
+            if replaced:
+                deploy.finish_small_files(self.session, layout, sha, replaced, restore=True,
+                                          deadline=deadline.sub(10.0))
+            prev = facts.current
+            if not prev:
+                out["restarted"] = False
+                return out
+            source = self._source_of(layout, prev, deadline)
+            boot = self._start(supervisor, prev, source, deadline.sub(
+                self.settings.boot_deadline_s, "rollback boot verification"))
+            out.update(restarted=True, verified=True, boot=to_dict(boot.boot))
+            self._follow_new(layout.log(prev), boot.log_lines + 1)
+            log.warning("device=%s rolled back to %s (verified)", self.device_id, prev[:16])
+        except Exception as exc:
+            err = as_hal_error(exc)
+            out.update(restarted=False, verified=False, error=err.to_dict())
+            log.error("device=%s rollback to %s failed: %s", self.device_id, facts.current, err)
+        return out
+
+    def _source_of(self, layout: Layout, sha: str, deadline: Deadline) -> str:
+        import json
+
+        res = self.session.run(f"cat {quote_args([layout.deployment(sha) + '/settings.json'])}",
+                               deadline.sub(10.0), what="read settings")
+        try:
+            return str(json.loads(res.text()).get("input_source", "vectors"))
+        except ValueError:
+            return "vectors"
+
+    # -- runner control ----------------------------------------------------------------------
+
+    def _ensure_facts(self, deadline: Deadline) -> preflight.TargetFacts:
+        if self._facts is None:
+            self._facts = preflight.probe(self.session, self._python, self.settings.workdir,
+                                          "0" * 64, self._cmd_deadline(deadline, "preflight"))
+        return self._facts
+
+    def runner_status(self, deadline: Deadline) -> dict[str, Any]:
+        """``{"state": "running"|"stopped", "pids": [...], "current": sha|None}``."""
+        facts = self._ensure_facts(deadline)
+        sup = self._supervisor(facts)
+        res = self._run(sup.status_script() + f"readlink {quote_args([sup.layout.current])}"
+                        " || true", deadline, "runner status")
+        rows = res.text().split("\n")
+        words = rows[0].split()
+        current = rows[1].rsplit("/", 1)[-1] if len(rows) > 1 and rows[1] else None
+        return {"state": words[0] if words else "unknown",
+                "pids": [int(w) for w in words[1:] if w.isdigit()], "current": current,
+                "supervisor": sup.kind}
+
+    def stop_runner(self, deadline: Deadline) -> None:
+        """Stop the runner (files and ``current`` stay)."""
+        with self._exclusive("stop"):
+            facts = self._ensure_facts(deadline)
+            self._run(self._supervisor(facts).stop_script(), deadline, "stop runner")
+
+    def restart(self, deadline: Deadline) -> BootResult:
+        """Restart the ``current`` deployment and verify its boot against the hash it was
+        deployed with (``wrong_model`` when the file on the target no longer matches)."""
+        with self._exclusive("restart"):
+            facts = preflight.probe(self.session, self._python, self.settings.workdir,
+                                    "0" * 64, self._cmd_deadline(deadline, "preflight"))
+            self._facts = facts
+            if not facts.current:
+                raise DeviceError("device_error", "nothing is deployed on the target",
+                                  workdir=facts.workdir)
+            sup = self._supervisor(facts)
+            self._run(sup.stop_script(), deadline, "stop runner")
+            source = self._source_of(sup.layout, facts.current, deadline)
+            boot = self._start(sup, facts.current, source, deadline.sub(
+                self.settings.boot_deadline_s, "boot verification"))
+            self._follow_new(sup.layout.log(facts.current), boot.log_lines + 1)
+            return boot
+
+    def _exclusive(self, what: str):
+        driver = self
+
+        class _Guard:
+            def __enter__(self):
+                if not driver._install_lock.acquire(blocking=False):
+                    raise InputError("device_busy", f"device {driver.device_id} is busy with "
+                                     f"job {driver._running_job}", device=driver.device_id,
+                                     running_job=driver._running_job)
+                driver._running_job = what
+
+            def __exit__(self, *exc):
+                driver._running_job = None
+                driver._install_lock.release()
+
+        return _Guard()
+
+    # -- observation -------------------------------------------------------------------------
+
+    def follow(self, sink: NumberedSink, start_line: int | None = None,
+               on_error: ErrorSink | None = None, deadline: Deadline | None = None
+               ) -> LogFollower:
+        """Follow the current deployment's log from ``start_line`` (default: the next new
+        line) with line numbers as sequence numbers. The caller stops the follower."""
+        deadline = deadline or Deadline(30.0, what="observation start")
+        facts = self._ensure_facts(deadline)
+        layout = Layout(facts.workdir)
+        res = self._run(f"C=$(readlink {quote_args([layout.current])}) && "
+                        f"echo $C && wc -l < {quote_args([layout.workdir])}/$C/runner.log",
+                        deadline, "observation start")
+        rows = res.text().split()
+        if len(rows) < 1 or (not res.ok and len(rows) < 2):
+            raise DeviceError("device_error", "nothing is deployed on the target",
+                              workdir=facts.workdir)
+        sha = rows[0].rsplit("/", 1)[-1]
+        first = start_line if start_line is not None else (
+            int(rows[1]) + 1 if len(rows) > 1 else 1)
+        return LogFollower(self.session, layout.log(sha), first, sink, on_error,
+                           self.device_id).start()
+
+    def _deliver(self, number: int, line: DeviceLine) -> None:
+        self.last_line_number = number
+        sink = self._sink
+        if sink is not None:
+            sink(line)
+
+    def start_observing(self, sink: LineSink, on_error: ErrorSink | None = None) -> None:
+        with self._observe_lock:
+            self._sink, self._on_error = sink, on_error
+            if self._follower is not None and self._follower.running:
+                return
+            self._follower = self.follow(self._deliver, on_error=on_error)
+
+    def _follow_new(self, path: str, start_line: int) -> None:
+        """After an install or restart: observe the new runner's log from its first line."""
+        with self._observe_lock:
+            if self._follower is None:
+                return
+            self._follower.stop()
+            self._follower = LogFollower(self.session, path, start_line, self._deliver,
+                                         self._on_error, self.device_id).start()
+
+    def stop_observing(self) -> None:
+        with self._observe_lock:
+            if self._follower is not None:
+                self._follower.stop()
+                self._follower = None
+            self._sink = None
+
+    def close(self) -> None:
+        self.stop_observing()
+        self.session.close()
+
+    # -- description ---------------------------------------------------------------------------
+
+    def info(self) -> DeviceInfo:
+        facts = self._facts
+        return DeviceInfo(
+            id=self.device_id, driver="rpi",
+            board=facts.board if facts else self.board,
+            address=f"{self.settings.user}@{self.settings.host}:{self.settings.port}",
+            connected=self.session.connected,
+            detail={"workdir": facts.workdir if facts else self.settings.workdir,
+                    "arch": facts.arch if facts else None,
+                    "current": facts.current if facts else None,
+                    "python": self._python},
+        )
+
+    @classmethod
+    def check_tools(cls, context: DriverContext) -> dict[str, Any]:
+        try:
+            import paramiko
+        except ImportError:
+            return {"available": False, "checks": [{
+                "check": "paramiko", "ok": False, "message": "paramiko is not installed",
+                "fix": "pip install paramiko"}]}
+        return {"available": True, "checks": [{
+            "check": "paramiko", "ok": True, "message": f"paramiko {paramiko.__version__}",
+            "fix": ""}]}
+
+    def diagnose(self, deadline: Deadline) -> list[dict[str, Any]]:
+        checks: list[dict[str, Any]] = []
+
+        def add(name: str, ok: bool, message: str, fix: str = "") -> None:
+            checks.append({"check": name, "ok": ok, "message": message, "fix": fix})
+
+        try:
+            self.session.ensure(deadline.sub(self.settings.connect_timeout_s))
+            add("ssh", True, f"connected to {self.settings.user}@{self.settings.host}")
+        except HalError as err:
+            add("ssh", False, err.message, str(err.detail.get("fix", "")))
+            return checks
+        try:
+            facts = preflight.probe(self.session, self._python, self.settings.workdir,
+                                    "0" * 64, self._cmd_deadline(deadline, "preflight"))
+            self._facts = facts
+            runtime = preflight.choose_runtime(facts)
+            add("runtime", True, f"{runtime} {facts.runtimes.get(runtime)} on Python "
+                f"{'.'.join(map(str, facts.python))} ({facts.arch})")
+            add("workdir", facts.writable, facts.write_error or f"{facts.workdir} writable",
+                "" if facts.writable else f"make {facts.workdir} writable")
+        except HalError as err:
+            add("runtime", False, err.message, str(err.detail.get("fix", "")))
+        return checks
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
