@@ -1,0 +1,537 @@
+"""A stand-in ``arduino-cli`` for hardware-free runs (console script
+``tinyml-fake-arduino-cli``, or ``python -m hal.virtual.arduino_cli``).
+
+It accepts the command lines :mod:`hal.arduino.cli` runs and answers in arduino-cli's JSON
+formats (``shared/reference/arduino-cli.md``): 1.x by default, 0.x shapes when
+``TINYML_FAKE_ARDUINO_CLI_FORMAT`` is ``0.35``, ``0.29``... (``0.18`` for the pre-0.19 board
+list).
+
+* ``compile``: reads the rendered sketch with :func:`hal.arduino.sketch.read_sketch` (a
+  malformed sketch fails like a compiler error), writes the firmware image
+  ``<build-path>/tinyml_sketch.ino.bin`` (:mod:`hal.virtual.image`), and reports section sizes
+  from a toolchain model: core + TFLM library + per-op kernels + model + vectors for ``text``,
+  core + library statics + arena for ``data``. A build that does not fit fails at link time like
+  the real Nano 33 BLE build ("region `RAM' overflowed by N bytes", exit 1).
+* ``upload``: the real sequence -- a 1200-bps touch on the port, waiting for the bootloader to
+  enumerate (same USB serial number, found through the virtual-ports directory), streaming the
+  image with the bootloader protocol of :mod:`hal.virtual.board` while printing bossac-like
+  progress, waiting for the sketch port and printing ``New upload port: X (serial)`` and the
+  JSON with ``updated_upload_port``. It only uploads to virtual boards.
+* ``board list``, ``core list``, ``lib list``, ``version``: for discovery checks and doctor.
+
+Environment knobs (all optional): ``TINYML_VIRTUAL_PORTS`` (the virtual-ports directory),
+``..._COMPILE_DELAY_S`` (simulated compile time), ``..._UPLOAD_KBPS`` (throttle the flash
+write, like bossac's ~25 KB/s), ``..._EXTRA_FLASH`` / ``..._EXTRA_RAM`` (a heavier core),
+``..._SIZER=1`` (fail with the sizer's "section exceeds available space" instead of the linker),
+``..._NO_UPDATED_PORT=1`` (omit ``updated_upload_port``, issue 2287), ``..._COUNT_FILE`` (append
+one line per compile run: lets tests count compiles), ``..._MISBEHAVE`` (``garbage_json``,
+``huge_output``, ``hang``, ``trailing_text``, ``stderr_error``, ``no_sizes``); the prefix is
+``TINYML_FAKE_ARDUINO_CLI``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+ENV = "TINYML_FAKE_ARDUINO_CLI"
+VERSION_1X = "1.1.1"
+FQBNS = ("arduino:mbed_nano:nano33ble", "arduino:mbed:nano33ble")
+TEXT_MAX = 983040
+DATA_MAX = 262144
+# Toolchain model (bytes), in line with the reference's measured Nano 33 BLE builds: an empty
+# sketch is ~85 KB / ~44.5 KB; TFLM with a few kernels brings micro_speech to ~151 KB.
+CORE_FLASH = 85_328
+CORE_RAM = 44_560
+TFLM_FLASH = 46_000
+TFLM_RAM = 6_200
+FLASH_PER_OP = 1_800
+PAGE = 4096
+CHUNK = 4096
+LIBRARY = {"name": "Arduino_TensorFlowLite", "version": "1.15.0-ALPHA"}
+PLATFORM = {"id": "arduino:mbed_nano", "version": "4.1.5", "name": "Arduino Mbed OS Nano Boards"}
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(f"{ENV}_{name}", default)
+
+
+def _format() -> tuple[int, int]:
+    text = _env("FORMAT", "1.x")
+    try:
+        major, minor = text.split(".")[:2]
+        return int(major), (int(minor) if minor.isdigit() else 99)
+    except ValueError:
+        return 1, 99
+
+
+def _is_1x() -> bool:
+    return _format()[0] >= 1
+
+
+def _print_json(obj, stream=None) -> None:
+    stream = stream or sys.stdout
+    stream.write(json.dumps(obj, indent=2) + "\n")
+    stream.flush()
+
+
+def _fatal(message: str, code: int = 1, out: str = "", err: str = "") -> int:
+    """A fatal error in JSON mode: the object goes to stderr (arduino-cli.md)."""
+    _print_json({"error": message, "output": {"stdout": out, "stderr": err}}, sys.stderr)
+    return code
+
+
+def _misbehave() -> str:
+    return _env("MISBEHAVE")
+
+
+def _hostile(command: str) -> int | None:
+    """Hostile behaviours for adapter tests; None when not asked for."""
+    mode = _misbehave()
+    if mode == "hang":
+        # A child in the same process group proves the adapter kills the whole group.
+        subprocess.Popen(["sleep", "300"])
+        time.sleep(300)
+        return 1
+    if mode == "garbage_json":
+        sys.stdout.write('{"compiler_out": "Sketch uses \x00\xff garbage, "success": tru\n')
+        sys.stdout.write("}}}]][[{{ not json\n")
+        return 0
+    if mode == "huge_output":
+        line = "warning: " + "x" * 200 + "\n"
+        for _ in range(25_000):  # ~5 MB of tool chatter before the JSON
+            sys.stdout.write(line)
+    return None
+
+
+# ------------------------------------------------------------------------------ version
+
+
+def cmd_version(args) -> int:
+    if _is_1x():
+        _print_json({"Application": "arduino-cli", "VersionString": VERSION_1X,
+                     "Commit": "stand-in", "Status": "stand-in", "Date": "2024-01-01T00:00:00Z"})
+    else:
+        major, minor = _format()
+        _print_json({"Application": "arduino-cli", "VersionString": f"{major}.{minor}.0",
+                     "Commit": "stand-in", "Status": "stand-in"})
+    return 0
+
+
+# ------------------------------------------------------------------------------ compile
+
+
+def _sizes(config) -> tuple[int, int]:
+    from hal.arduino.sketch import MODEL_HEADER_TEXT
+
+    labels = sum(len(x) + 5 for x in config.labels)
+    text = (CORE_FLASH + TFLM_FLASH + FLASH_PER_OP * len(config.ops) + len(config.model)
+            + config.vector_bytes + labels + len(MODEL_HEADER_TEXT) // 8
+            + int(_env("EXTRA_FLASH", "0") or 0))
+    data = CORE_RAM + TFLM_RAM + config.arena_bytes + int(_env("EXTRA_RAM", "0") or 0)
+    return text, data
+
+
+def _size_lines(text: int, data: int) -> str:
+    return (
+        f"Sketch uses {text} bytes ({text * 100 // TEXT_MAX}%) of program storage space. "
+        f"Maximum is {TEXT_MAX} bytes.\n"
+        f"Global variables use {data} bytes ({data * 100 // DATA_MAX}%) of dynamic memory, "
+        f"leaving {DATA_MAX - data} bytes for local variables. Maximum is {DATA_MAX} bytes.\n"
+    )
+
+
+def _compile_result(build_path: str, out: str, err: str, success: bool, sections=None,
+                    error: str = "") -> dict:
+    builder = {"build_path": build_path,
+               "used_libraries": [{**LIBRARY, "install_dir": "/stand-in/libraries/"
+                                   + LIBRARY["name"]}]}
+    if sections:
+        builder["executable_sections_size"] = sections
+    major, minor = _format()
+    builder["board_platform"] = {"id": PLATFORM["id"], "version": PLATFORM["version"]}
+    builder["build_platform"] = {"id": PLATFORM["id"], "version": PLATFORM["version"]}
+    if major >= 1:
+        builder["build_properties"] = ["build.board=ARDUINO_NANO33BLE",
+                                       "build.mcu=cortex-m4", "upload.maximum_size=983040",
+                                       "upload.maximum_data_size=262144"]
+    else:
+        builder["diagnostics"] = []  # 0.x: the raw CompileResponse, extra keys possible
+    result = {"compiler_out": out, "compiler_err": err, "builder_result": builder,
+              "success": success}
+    if major >= 1 or minor >= 34:
+        result["upload_result"] = {}
+    if error:
+        result["error"] = error
+    return result
+
+
+def cmd_compile(args) -> int:
+    count_file = _env("COUNT_FILE")
+    if count_file:
+        with open(count_file, "a") as fh:
+            fh.write(f"{os.getpid()} {args.sketch}\n")
+    hostile = _hostile("compile")
+    if hostile is not None:
+        return hostile
+    if args.fqbn not in FQBNS:
+        vendor_arch = ":".join(args.fqbn.split(":")[:2])
+        return _fatal(f"Error during build: Platform '{vendor_arch}' not found: platform "
+                      "not installed")
+    if _misbehave() == "stderr_error":
+        return _fatal("Error during build: exit status 1", err="internal tool error\n")
+    sketch_dir = Path(args.sketch)
+    if not sketch_dir.is_dir():
+        return _fatal(f"Can't open sketch: no such file or directory: {sketch_dir}")
+    delay = float(_env("COMPILE_DELAY_S", "0") or 0)
+    if delay > 0:
+        time.sleep(delay)
+    build_path = Path(args.build_path) if args.build_path else sketch_dir / "build"
+    build_path.mkdir(parents=True, exist_ok=True)
+
+    from hal.arduino.sketch import SKETCH_NAME, read_sketch
+    from hal.errors import InputError
+
+    banner = f"Using board 'nano33ble' from platform in folder: /stand-in/{PLATFORM['id']}\n"
+    try:
+        config = read_sketch(sketch_dir)
+    except InputError as exc:
+        err = f"{sketch_dir}/{exc.message}\ncompilation terminated.\n"
+        _print_json(_compile_result(str(build_path), banner, err, False,
+                                    error="Error during build: exit status 1"))
+        return 1
+    text, data = _sizes(config)
+    elf = f"{build_path}/{SKETCH_NAME}.ino.elf"
+    link_err = ""
+    if data > DATA_MAX and _env("SIZER") != "1":
+        link_err += (f"/stand-in/arm-none-eabi/bin/ld: {elf} section `.bss' will not fit in "
+                     f"region `RAM'\n/stand-in/arm-none-eabi/bin/ld: region `RAM' overflowed "
+                     f"by {data - DATA_MAX} bytes\n")
+    if text > TEXT_MAX and _env("SIZER") != "1":
+        link_err += (f"/stand-in/arm-none-eabi/bin/ld: {elf} section `.text' will not fit in "
+                     f"region `FLASH'\n/stand-in/arm-none-eabi/bin/ld: region `FLASH' "
+                     f"overflowed by {text - TEXT_MAX} bytes\n")
+    if link_err:
+        link_err += "collect2: error: ld returned 1 exit status\n"
+        _print_json(_compile_result(str(build_path), banner, link_err, False,
+                                    error="Error during build: exit status 1"))
+        return 1
+    out = banner + _size_lines(text, data)
+    sections = [{"name": "text", "size": text, "max_size": TEXT_MAX},
+                {"name": "data", "size": data, "max_size": DATA_MAX}]
+    if text > TEXT_MAX or data > DATA_MAX:  # only with SIZER=1: the size check's failure
+        which = "text" if text > TEXT_MAX else "data"
+        out += ("Sketch too big; see https://support.arduino.cc/hc/en-us/articles/360013825179"
+                " for tips on reducing it.\n" if which == "text"
+                else "Not enough memory; see https://support.arduino.cc/hc/en-us/articles/"
+                "360013825179 for tips on reducing your footprint.\n")
+        # 1.x reports no sizes for a failed build
+        _print_json(_compile_result(str(build_path), out, "", False,
+                                    None if _is_1x() else sections,
+                                    error=f"{which} section exceeds available space in board"))
+        return 1
+
+    from dataclasses import asdict
+
+    from hal.virtual import image
+
+    header_cfg = {k: v for k, v in asdict(config).items() if k != "model"}
+    blob = image.pack(config.model, {"config": header_cfg, "text_bytes": text,
+                                     "data_bytes": data, "board": config.board},
+                      total_bytes=text + 8)
+    target = build_path / f"{SKETCH_NAME}.ino.bin"
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, target)
+    if _misbehave() == "no_sizes":
+        sections = None
+        out = banner
+    _print_json(_compile_result(str(build_path), out, "", True, sections))
+    if _misbehave() == "trailing_text":
+        sys.stdout.write("Used library Arduino_TensorFlowLite 1.15.0-ALPHA\n")
+    return 0
+
+
+# ------------------------------------------------------------------------------- ports
+
+
+def _ports_dir() -> Path | None:
+    text = os.environ.get("TINYML_VIRTUAL_PORTS")
+    return Path(text) if text else None
+
+
+def _records() -> list[dict]:
+    from hal.arduino.discovery import read_virtual_ports
+
+    directory = _ports_dir()
+    if directory is None:
+        return []
+    return [p.to_dict() for p in read_virtual_ports(directory)]
+
+
+def _record_for(address: str) -> dict | None:
+    real = os.path.realpath(address)
+    for rec in _records():
+        if rec["device"] == address or os.path.realpath(rec["device"]) == real:
+            return rec
+    return None
+
+
+def _wait_record(serial: str, mode: str, timeout_s: float) -> dict | None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        for rec in _records():
+            if rec["serial_number"] == serial and rec["mode"] == mode:
+                return rec
+        time.sleep(0.02)
+    return None
+
+
+def _port_json(rec: dict) -> dict:
+    return {
+        "address": rec["device"],
+        "label": rec["device"],
+        "protocol": "serial",
+        "protocol_label": "Serial Port (USB)",
+        "properties": {"pid": f"0x{rec['pid']:04x}", "vid": f"0x{rec['vid']:04x}",
+                       "serialNumber": rec["serial_number"] or ""},
+        "hardware_id": rec["serial_number"] or "",
+    }
+
+
+def cmd_board_list(args) -> int:
+    major, minor = _format()
+    items = []
+    for rec in _records():
+        boards = [{"name": "Arduino Nano 33 BLE", "fqbn": FQBNS[0]}]
+        if major == 0 and minor < 19:
+            items.append({"address": rec["device"], "protocol": "serial",
+                          "protocol_label": "Serial Port (USB)",
+                          "boards": [{**boards[0], "vid": f"0x{rec['vid']:04x}",
+                                      "pid": f"0x{rec['pid']:04x}"}],
+                          "serial_number": rec["serial_number"]})
+        else:
+            items.append({"matching_boards": boards, "port": _port_json(rec)})
+    _print_json({"detected_ports": items} if major >= 1 else items)
+    return 0
+
+
+def cmd_core_list(args) -> int:
+    if _is_1x():
+        _print_json({"platforms": [{"id": PLATFORM["id"], "installed_version":
+                                    PLATFORM["version"], "latest_version": PLATFORM["version"],
+                                    "name": PLATFORM["name"]}]})
+    else:
+        _print_json([{"id": PLATFORM["id"], "installed": PLATFORM["version"],
+                      "latest": PLATFORM["version"], "name": PLATFORM["name"]}])
+    return 0
+
+
+def cmd_lib_list(args) -> int:
+    lib = {"library": {**LIBRARY, "install_dir": "/stand-in/libraries/" + LIBRARY["name"]}}
+    _print_json({"installed_libraries": [lib]} if _is_1x() else [lib])
+    return 0
+
+
+# ------------------------------------------------------------------------------- upload
+
+
+class _Boot:
+    """The host side of the virtual bootloader protocol (see hal.virtual.board)."""
+
+    def __init__(self, device: str) -> None:
+        import serial
+
+        self.ser = serial.Serial(device, 921600, timeout=5.0, write_timeout=5.0)
+        self.ser.reset_input_buffer()
+
+    def cmd(self, line: str, payload: bytes = b"") -> str:
+        self.ser.write(line.encode() + b"\n" + payload)
+        reply = self.ser.readline().decode("ascii", "replace").strip()
+        if not reply:
+            raise OSError("no answer from the bootloader")
+        if not reply.startswith("OK"):
+            raise OSError(f"bootloader refused {line.split()[0]}: {reply}")
+        return reply
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ser.close()
+
+
+def cmd_upload(args) -> int:
+    out: list[str] = []
+
+    def say(text: str, end: str = "\n") -> None:
+        out.append(text + end)
+        if args.verbose or not text.startswith(("Performing", "Waiting", "Upload port")):
+            sys.stdout.write(text + end)
+            sys.stdout.flush()
+
+    def fail(message: str) -> int:
+        say(message)
+        return _fatal("Failed uploading: uploading error: exit status 1", out="".join(out))
+
+    input_dir = Path(args.input_dir) if args.input_dir else None
+    bins = sorted(input_dir.glob("*.ino.bin")) if input_dir and input_dir.is_dir() else []
+    if not bins:
+        return _fatal(f"Error during Upload: no .bin file in {input_dir}")
+    data = bins[0].read_bytes()
+    port = args.port
+    rec = _record_for(port)
+    if rec is None:
+        if os.path.exists(port):
+            return fail(f"The stand-in arduino-cli uploads only to virtual boards; {port} is "
+                        "not one")
+        say(f"Performing 1200-bps touch reset on serial port {port}")
+        say(f"Cannot perform port reset: opening port at 1200bps: Serial port not found: {port}")
+        say("Waiting for upload port...")
+        say(f"No upload port found, using {port} as fallback")
+        return fail(f"No device found on {port}")
+    serial_number = rec["serial_number"]
+
+    say(f"Performing 1200-bps touch reset on serial port {port}")
+    if rec["mode"] != "bootloader":
+        try:
+            st = os.stat(port)
+            # same rule as hal.arduino.serial_link: a mode-000 node is denied, even to root
+            if stat.S_ISCHR(st.st_mode) and not st.st_mode & 0o666:
+                raise PermissionError(13, "Permission denied")
+            import serial
+
+            serial.Serial(port, 1200).close()
+        except (OSError, ValueError) as exc:
+            text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            say(f"Cannot perform port reset: opening port at 1200bps: {text}: {port}")
+            return fail(f"No device found on {port}")
+    say("Waiting for upload port...")
+    boot = _wait_record(serial_number, "bootloader", 10.0)
+    if boot is None:
+        say(f"No upload port found, using {port} as fallback")
+        return fail(f"No device found on {port}")
+    say(f"Upload port found on {boot['device']}")
+
+    started = time.monotonic()
+    kbps = float(_env("UPLOAD_KBPS", "0") or 0)
+    pages = (len(data) + PAGE - 1) // PAGE
+    try:
+        link = _Boot(boot["device"])
+        try:
+            link.cmd("HELLO")
+            say("Erase flash")
+            link.cmd(f"ERASE {len(data)}")
+            say(f"\nDone in {time.monotonic() - started:.3f} seconds")
+            say(f"Write {len(data)} bytes to flash ({pages} pages)")
+            t0 = time.monotonic()
+            for off in range(0, len(data), CHUNK):
+                chunk = data[off : off + CHUNK]
+                link.cmd(f"WRITE {off} {len(chunk)} {zlib.crc32(chunk):08x}", chunk)
+                done = (off + len(chunk) + PAGE - 1) // PAGE
+                bar = "=" * (30 * done // pages)
+                say(f"\r[{bar:<30}] {100 * done // pages}% ({done}/{pages} pages)", end="")
+                if kbps > 0:
+                    ahead = (off + len(chunk)) / (kbps * 1024) - (time.monotonic() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            import hashlib
+
+            link.cmd(f"DONE {len(data)} {hashlib.sha256(data).hexdigest()}")
+            say(f"\nDone in {time.monotonic() - t0:.3f} seconds")
+            link.cmd("RESET")
+        finally:
+            link.close()
+    except Exception as exc:  # the board vanished or refused: bossac's failure
+        say(f"\nSAM-BA operation failed: {exc}")
+        return fail(f"No device found on {boot['device']}")
+
+    sketch = _wait_record(serial_number, "sketch", 10.0)
+    result: dict = {"stdout": "", "stderr": ""}
+    if sketch is not None:
+        say(f"New upload port: {sketch['device']} (serial)")
+        major, minor = _format()
+        if (major >= 1 or minor >= 34) and _env("NO_UPDATED_PORT") != "1":
+            result["updated_upload_port"] = _port_json(sketch)
+    result["stdout"] = "".join(out)
+    sys.stdout.write("\n")
+    _print_json(result)
+    return 0
+
+
+# --------------------------------------------------------------------------------- main
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tinyml-fake-arduino-cli",
+        description="Stand-in arduino-cli for hardware-free runs: compile builds a virtual "
+        "firmware image, upload flashes a virtual board (hal.virtual.board).",
+    )
+    p.add_argument("--format", default="text")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--config-file")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("version", help="print the version")
+    c = sub.add_parser("compile", help="build a virtual firmware image")
+    c.add_argument("--fqbn", "-b", required=True)
+    c.add_argument("--build-path")
+    c.add_argument("--build-cache-path")
+    c.add_argument("--warnings")
+    c.add_argument("sketch")
+    u = sub.add_parser("upload", help="flash a virtual board")
+    u.add_argument("-p", "--port", required=True)
+    u.add_argument("--fqbn", "-b", required=True)
+    u.add_argument("--input-dir")
+    board = sub.add_parser("board", help="board commands")
+    board.add_argument("action", choices=["list"])
+    core = sub.add_parser("core", help="core commands")
+    core.add_argument("action", choices=["list"])
+    lib = sub.add_parser("lib", help="library commands")
+    lib.add_argument("action", choices=["list"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``tinyml-fake-arduino-cli``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # arduino-cli accepts global flags anywhere: hoist them before the sub-command
+    hoisted: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--format", "--config-file") and i + 1 < len(argv):
+            hoisted += [a, argv[i + 1]]
+            i += 2
+            continue
+        if a in ("-v", "--verbose", "--json"):
+            hoisted.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    parser = _parser()
+    try:
+        args = parser.parse_args(hoisted + rest)
+    except SystemExit as exc:
+        return 7 if exc.code else 0  # arduino-cli's "bad argument" exit code
+    handlers = {
+        "version": cmd_version,
+        "compile": cmd_compile,
+        "upload": cmd_upload,
+        "board": cmd_board_list,
+        "core": cmd_core_list,
+        "lib": cmd_lib_list,
+    }
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,473 @@
+"""A virtual Arduino Nano 33 BLE: a process that owns a pseudo-terminal as its USB serial port.
+
+It behaves like the real board as the host sees it:
+
+* **sketch mode** (USB PID 0x805a): the port is a pty published under a stable symlink and as a
+  port record in the virtual-ports directory (see :mod:`hal.arduino.discovery`); the flashed
+  image runs in a child process (:mod:`hal.virtual.mcu`, the real TFLM interpreter). Like the
+  real sketch it waits up to ``--host-wait-s`` for the host to open the port before printing,
+  then prints whether or not anyone listens (lines without a listener are lost).
+* **1200-bps touch**: opening the port at 1200 baud (the board polls the pty's termios for
+  ``B1200``) makes it vanish -- the pty is closed, the record and symlink removed -- and
+  re-appear as the **bootloader** (PID 0x005a) under another name.
+* **bootloader**: accepts an image over the pty with a small framed protocol (below), then
+  resets into the sketch, under the same name or, with ``--rename-on-touch``, a new one. With no
+  traffic for ``--bootloader-timeout-s`` it returns to the old sketch.
+* the last flashed image persists in ``--state-dir``: a restarted board boots it.
+
+Bootloader protocol (host -> board lines, board -> host ``OK ...`` / ``ERR reason``)::
+
+    HELLO                      -> OK TMLBOOT 1 <serial_number>
+    ERASE <total_bytes>        -> OK
+    WRITE <offset> <len> <crc32 hex>\\n<len raw bytes>  -> OK <offset+len>
+    DONE <total_bytes> <sha256 hex>                     -> OK
+    RESET                      -> OK   (then the board re-enumerates as the sketch)
+
+Misbehaviour on request (``--fault``): ``never_boot`` (the sketch never prints), ``old_model``
+(accepts uploads but keeps running the first image it was ever given), ``vanish_on_upload``
+(disappears half-way through an upload and comes back on the old image),
+``permission_denied`` (the port's node is mode 000), ``garbage`` (garbage bytes and UTF-8
+sequences split across writes between valid lines), ``flood`` (inference as fast as possible).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import errno
+import hashlib
+import json
+import logging
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import termios
+import time
+import tty
+import zlib
+from pathlib import Path
+
+log = logging.getLogger("hal.virtual.board")
+
+VID = 0x2341
+PID_SKETCH = 0x805A
+PID_BOOTLOADER = 0x005A
+FAULTS = ("never_boot", "old_model", "vanish_on_upload", "permission_denied", "garbage", "flood")
+FLASH_FILE = "flash.bin"
+# 1 MB flash minus the 64 KB bootloader: a bigger image is refused like bossac would.
+FLASH_BYTES = 983040 + 8
+_MAX_CMD = 256
+_POLL_S = 0.02
+
+_stop = False
+
+
+def _on_signal(signum, frame) -> None:
+    global _stop
+    _stop = True
+
+
+def _set_pdeathsig() -> None:
+    """Child processes die with the board (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class _Port:
+    """One enumeration of the board: a pty, its symlink and its port record."""
+
+    def __init__(self, board: VirtualBoard, link: Path, pid: int) -> None:
+        self.board = board
+        self.link = link
+        self.pid = pid
+        self.master, slave = os.openpty()
+        self.slave_path = os.ttyname(slave)
+        tty.setraw(slave)
+        os.close(slave)  # the host opens it; POLLHUP on the master means "no host"
+        os.set_blocking(self.master, False)
+        self._poll = select.poll()
+        self._poll.register(self.master, select.POLLIN | select.POLLHUP)
+        tmp = link.with_name(f".{link.name}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(self.slave_path, tmp)
+        os.replace(tmp, link)
+        self.record = board.ports_dir / f"{board.serial_number}.json"
+        record = {
+            "device": str(link),
+            "vid": VID,
+            "pid": pid,
+            "serial_number": board.serial_number,
+            "location": board.location,
+            "description": "Arduino Nano 33 BLE (virtual)"
+            + (" bootloader" if pid == PID_BOOTLOADER else ""),
+            "owner_pid": os.getpid(),
+            "tty": self.slave_path,
+        }
+        _atomic_write(self.record, json.dumps(record).encode())
+        log.info("sn=%s appeared on %s (%s) pid=0x%04x", board.serial_number, link,
+                 self.slave_path, pid)
+
+    def host_connected(self) -> bool:
+        events = self._poll.poll(0)
+        return not any(ev & select.POLLHUP for _, ev in events)
+
+    def touched(self) -> bool:
+        try:
+            return termios.tcgetattr(self.master)[5] == termios.B1200
+        except termios.error:
+            return False
+
+    def read(self, timeout_s: float) -> bytes:
+        events = self._poll.poll(int(timeout_s * 1000))
+        if not any(ev & select.POLLIN for _, ev in events):
+            if events:  # hung up: nobody has the port open; avoid a busy loop
+                time.sleep(timeout_s)
+            return b""
+        try:
+            return os.read(self.master, 65536)
+        except OSError as exc:
+            if exc.errno in (errno.EIO, errno.EAGAIN):
+                return b""
+            raise
+
+    def write(self, data: bytes) -> bool:
+        """Write without blocking; False when the data was dropped (no reader / full)."""
+        try:
+            n = os.write(self.master, data)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EIO):
+                return False
+            raise
+        # a partial write means the host is not keeping up; USB CDC would drop too
+        return n == len(data)
+
+    def write_all(self, data: bytes, timeout_s: float = 2.0) -> None:
+        end = time.monotonic() + timeout_s
+        view = memoryview(data)
+        while view and time.monotonic() < end:
+            try:
+                n = os.write(self.master, view)
+                view = view[n:]
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EIO):
+                    raise
+                time.sleep(0.002)
+
+    def close(self) -> None:
+        if self.master < 0:
+            return
+        for path in (self.record, self.link):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        with contextlib.suppress(OSError):
+            os.close(self.master)
+        self.master = -1
+        log.info("sn=%s vanished from %s", self.board.serial_number, self.link)
+
+
+class VirtualBoard:
+    """The board's state machine; :meth:`run` until SIGTERM/SIGINT."""
+
+    def __init__(
+        self,
+        serial_number: str,
+        ports_dir: Path,
+        state_dir: Path,
+        *,
+        fault: str | None = None,
+        rename_on_touch: bool = False,
+        host_wait_s: float = 2.0,
+        bootloader_timeout_s: float = 10.0,
+        reenumerate_s: float = 0.15,
+        location: str | None = None,
+        parent_pid: int | None = None,
+    ) -> None:
+        if fault is not None and fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+        self.serial_number = serial_number
+        self.ports_dir = Path(ports_dir)
+        self.state_dir = Path(state_dir)
+        self.fault = fault
+        self.rename_on_touch = rename_on_touch
+        self.host_wait_s = host_wait_s
+        self.bootloader_timeout_s = bootloader_timeout_s
+        self.reenumerate_s = reenumerate_s
+        self.location = location or f"virtual-{serial_number}"
+        self.parent_pid = parent_pid
+        self.generation = 0
+        self.ports_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._rng = random.Random(serial_number)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    @property
+    def flash_path(self) -> Path:
+        return self.state_dir / FLASH_FILE
+
+    def _sketch_link(self) -> Path:
+        suffix = f"-{self.generation}" if self.rename_on_touch else ""
+        return self.ports_dir / f"ttyVNANO-{self.serial_number}{suffix}"
+
+    def _boot_link(self) -> Path:
+        return self.ports_dir / f"ttyVNANO-{self.serial_number}-boot"
+
+    def _should_stop(self) -> bool:
+        if _stop:
+            return True
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
+
+    def _vanished_for(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not self._should_stop():
+            time.sleep(0.01)
+
+    # -- main loop ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        while not self._should_stop():
+            self._sketch_mode()
+            if self._should_stop():
+                break
+            self._vanished_for(self.reenumerate_s)
+            self._bootloader_mode()
+            if self.rename_on_touch:
+                self.generation += 1
+            self._vanished_for(self.reenumerate_s)
+        return 0
+
+    # -- sketch ---------------------------------------------------------------------------
+
+    def _start_mcu(self) -> subprocess.Popen | None:
+        if self.fault == "never_boot" or not self.flash_path.exists():
+            return None
+        # Periods come from the compiled sketch configuration, as on the real board.
+        argv = [sys.executable, "-m", "hal.virtual.mcu", str(self.flash_path)]
+        if self.fault == "flood":
+            argv.append("--flood")
+        return subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+            preexec_fn=_set_pdeathsig,
+        )
+
+    def _garbage(self) -> list[bytes]:
+        """Garbage bytes, then a UTF-8 sequence split across two writes, each ending its own
+        line so that the valid lines around it stay intact."""
+        junk = bytes(self._rng.randrange(256) for _ in range(self._rng.randrange(4, 40)))
+        junk = junk.replace(b"\n", b"")
+        snow = "temp \u2603 caf\u00e9 \U0001f600".encode()
+        cut = snow.index(b"\xe2") + 1  # inside the snowman's 3-byte sequence
+        return [junk + b"\x00\xff\xfe\n", snow[:cut], snow[cut:] + b"\n"]
+
+    def _sketch_mode(self) -> None:
+        port = _Port(self, self._sketch_link(), PID_SKETCH)
+        if self.fault == "permission_denied":
+            os.chmod(port.slave_path, 0)
+        mcu = self._start_mcu()
+        out_fd = mcu.stdout.fileno() if mcu else None
+        if out_fd is not None:
+            os.set_blocking(out_fd, False)
+        booted = time.monotonic()
+        pending = b""
+        held: list[bytes] = []  # lines printed before the host opened the port
+        try:
+            while not self._should_stop():
+                if port.touched():
+                    log.info("sn=%s 1200-bps touch", self.serial_number)
+                    return
+                # A hung-up master (no host) always polls readable: watch it only while a
+                # host has the port open.
+                fds = [port.master] if port.host_connected() else []
+                if out_fd is not None:
+                    fds.append(out_fd)
+                if not fds:
+                    time.sleep(_POLL_S)
+                    continue
+                try:
+                    ready, _, _ = select.select(fds, [], [], _POLL_S)
+                except InterruptedError:
+                    continue
+                if port.master in ready:
+                    port.read(0)  # the host may write; the sketch ignores input
+                if out_fd is None or out_fd not in ready:
+                    continue
+                try:
+                    chunk = os.read(out_fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:  # the MCU died (hard fault): the board goes silent
+                    log.info("sn=%s sketch stopped (exit %s): silent", self.serial_number,
+                             mcu.poll())
+                    out_fd = None
+                    continue
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                connected = port.host_connected()
+                waiting = time.monotonic() - booted < self.host_wait_s
+                for line in lines:
+                    data = line + b"\n"
+                    if not connected:
+                        if waiting and len(held) < 64:
+                            held.append(data)  # the sketch waits for the host for a while
+                        continue
+                    if held:
+                        for h in held:
+                            port.write_all(h, 0.5)
+                        held.clear()
+                    if self.fault == "garbage" and self._rng.random() < 0.5:
+                        for piece in self._garbage():
+                            port.write(piece)
+                            time.sleep(0.002)  # let the split sequence arrive in two reads
+                    port.write(data)
+        finally:
+            if mcu is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    mcu.kill()
+                mcu.wait()
+                mcu.stdout.close()
+            port.close()
+
+    # -- bootloader -----------------------------------------------------------------------
+
+    def _bootloader_mode(self) -> None:
+        port = _Port(self, self._boot_link(), PID_BOOTLOADER)
+        buf = b""
+        image = bytearray()
+        total = 0
+        last = time.monotonic()
+        try:
+            while not self._should_stop():
+                chunk = port.read(_POLL_S)
+                if chunk:
+                    buf += chunk
+                    last = time.monotonic()
+                elif time.monotonic() - last > self.bootloader_timeout_s:
+                    log.info("sn=%s bootloader timed out; back to the old sketch",
+                             self.serial_number)
+                    return
+                while b"\n" in buf:
+                    cmd, rest = buf.split(b"\n", 1)
+                    parts = cmd.decode("ascii", "replace").split()
+                    if not parts:
+                        buf = rest
+                        continue
+                    op = parts[0]
+                    if op == "WRITE":
+                        try:
+                            offset, length, crc = int(parts[1]), int(parts[2]), int(parts[3], 16)
+                        except (IndexError, ValueError):
+                            port.write_all(b"ERR bad write\n")
+                            buf = rest
+                            continue
+                        if len(rest) < length:
+                            break  # wait for the payload
+                        payload, buf = rest[:length], rest[length:]
+                        if zlib.crc32(payload) != crc or offset != len(image):
+                            port.write_all(b"ERR crc\n")
+                            continue
+                        if offset + length > FLASH_BYTES:
+                            port.write_all(b"ERR image too big for flash\n")
+                            continue
+                        image += payload
+                        if (self.fault == "vanish_on_upload" and total
+                                and len(image) >= total // 2):
+                            log.info("sn=%s vanishing in the middle of the upload",
+                                     self.serial_number)
+                            port.close()
+                            self._vanished_for(1.0)  # replugged a moment later
+                            return  # the old image stays
+                        port.write_all(f"OK {len(image)}\n".encode())
+                        continue
+                    buf = rest
+                    if op == "HELLO":
+                        port.write_all(f"OK TMLBOOT 1 {self.serial_number}\n".encode())
+                    elif op == "ERASE":
+                        image.clear()
+                        total = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+                        if total > FLASH_BYTES:
+                            port.write_all(b"ERR image too big for flash\n")
+                        else:
+                            port.write_all(b"OK\n")
+                    elif op == "DONE":
+                        digest = hashlib.sha256(image).hexdigest()
+                        if len(parts) < 3 or parts[2] != digest or int(parts[1]) != len(image):
+                            port.write_all(b"ERR verify\n")
+                        else:
+                            self._flash(bytes(image))
+                            port.write_all(b"OK\n")
+                    elif op == "RESET":
+                        port.write_all(b"OK\n")
+                        time.sleep(0.01)
+                        return
+                    else:
+                        port.write_all(b"ERR unknown command\n")
+                if len(buf) > FLASH_BYTES + _MAX_CMD:
+                    buf = b""
+        finally:
+            port.close()
+
+    def _flash(self, data: bytes) -> None:
+        if self.fault == "old_model" and self.flash_path.exists():
+            log.info("sn=%s fault old_model: keeping the old image", self.serial_number)
+            return
+        _atomic_write(self.flash_path, data)
+        log.info("sn=%s flashed %d bytes", self.serial_number, len(data))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``tinyml-virtual-board``: run one virtual Nano 33 BLE until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(
+        prog="tinyml-virtual-board",
+        description="A virtual Arduino Nano 33 BLE on a pseudo-terminal: 1200-bps touch, "
+        "bootloader re-enumeration, and the flashed model run by the real TFLM interpreter.",
+    )
+    parser.add_argument("--serial-number", required=True, help="USB serial number to publish")
+    parser.add_argument("--ports-dir", required=True,
+                        help="virtual-ports directory (records and tty symlinks are made here; "
+                        "point TINYML_VIRTUAL_PORTS at it)")
+    parser.add_argument("--state-dir", required=True, help="where the flashed image persists")
+    parser.add_argument("--fault", choices=FAULTS, help="misbehave on purpose")
+    parser.add_argument("--rename-on-touch", action="store_true",
+                        help="re-appear under a new port name after each upload")
+    parser.add_argument("--host-wait-s", type=float, default=2.0,
+                        help="how long the sketch waits for the host before printing")
+    parser.add_argument("--bootloader-timeout-s", type=float, default=10.0)
+    parser.add_argument("--location", help="USB location to publish")
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="exit when the process that started the board exits")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s")
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    board = VirtualBoard(
+        args.serial_number,
+        Path(args.ports_dir),
+        Path(args.state_dir),
+        fault=args.fault,
+        rename_on_touch=args.rename_on_touch,
+        host_wait_s=args.host_wait_s,
+        bootloader_timeout_s=args.bootloader_timeout_s,
+        location=args.location,
+        parent_pid=os.getppid() if args.exit_with_parent else None,
+    )
+    return board.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
