@@ -47,6 +47,7 @@ ERROR_CODES = (
 )
 
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
+_ERR_KEYS = frozenset({"t", "code", "msg"})
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,14 @@ def format_line(line: DeviceLine) -> str:
             obj["cut"] = len(line.outputs) - len(obj["out"])
         return _dump(obj)
     if isinstance(line, ErrorLine):
-        return _dump({"t": "err", "code": line.code, "msg": line.message[:200], **line.numbers})
+        # Extra numbers never override the line's own keys, and non-finite floats (which JSON
+        # cannot carry) are left out rather than making the device's formatter raise.
+        extra = {
+            k: v
+            for k, v in line.numbers.items()
+            if k not in _ERR_KEYS and not (isinstance(v, float) and not math.isfinite(v))
+        }
+        return _dump({"t": "err", "code": line.code, "msg": line.message[:200], **extra})
     if isinstance(line, StatusLine):
         return _dump(
             {
@@ -233,7 +241,8 @@ def _parse_object(obj: dict) -> DeviceLine:
     if kind == "inf":
         outputs = obj.get("out", [])
         if not isinstance(outputs, list) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in outputs
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in outputs
         ):
             raise ValueError("out")
         return InferenceLine(
@@ -247,9 +256,10 @@ def _parse_object(obj: dict) -> DeviceLine:
         numbers = {
             k: v
             for k, v in obj.items()
-            if k not in ("t", "code", "msg")
+            if k not in _ERR_KEYS
             and isinstance(v, (int, float, str))
             and not isinstance(v, bool)
+            and not (isinstance(v, float) and not math.isfinite(v))
         }
         return ErrorLine(code=_str(obj, "code", limit=64), message=_str(obj, "msg", ""),
                          numbers=numbers)
