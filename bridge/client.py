@@ -613,7 +613,12 @@ class LocalBridge:
     def start(self) -> str:
         """Start the daemon; returns its URL once ``/health`` answers. A daemon that exits or
         stays silent is ``InfraError("unavailable")`` with its last output."""
-        env = dict(os.environ if self.env is None else self.env)
+        if self.env is None:
+            # The config file is explicit: a TINYML_BRIDGE_* of the caller's shell (a remote
+            # bridge's URL or token) must not leak into this daemon.
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TINYML_BRIDGE_")}
+        else:
+            env = dict(self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.started_at = time.monotonic()
         self.process = subprocess.Popen(

@@ -27,7 +27,7 @@ Examples:
 """,
 )
 @click.argument("device")
-@click.option("-n", "--lines", type=click.IntRange(0, 10000), default=20, show_default=True,
+@click.option("-n", "--lines", type=click.IntRange(0, 2000), default=20, show_default=True,
               help="How many recent lines to show first.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing live lines.")
 @click.option("--count", type=click.IntRange(1), metavar="N",
@@ -42,7 +42,10 @@ def observe(inv: Invocation, device: str, lines: int, follow: bool, count: int |
     if (count or duration) and not follow:
         raise click.UsageError("--count and --for only make sense with --follow")
     with inv.client() as client:
-        recent = client.observe(device, lines=lines)
+        # The bridge returns at least one line; --lines 0 still needs last_seq to follow from.
+        recent = client.observe(device, lines=max(1, lines))
+        if lines == 0:
+            recent["lines"] = []
         if inv.as_json and not follow:
             inv.emit_json(recent)
             return 0

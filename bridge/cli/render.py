@@ -114,13 +114,16 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def detail_items(detail: Any, skip: tuple[str, ...] = (), limit: int = 6) -> str:
+def detail_items(detail: Any, skip: tuple[str, ...] = (), limit: int = 6,
+                 numbers_only: bool = False) -> str:
     """``k=v`` pairs of a detail dict's scalar values (numbers explain failures)."""
     if not isinstance(detail, dict):
         return ""
     parts = []
     for key, value in detail.items():
         if key in skip or isinstance(value, dict | list) or value is None:
+            continue
+        if numbers_only and not isinstance(value, int | float | bool):
             continue
         text = fmt_number(value)
         if len(text) > 60:
@@ -180,7 +183,8 @@ def render_devices(devices: list[dict[str, Any]]) -> str:
         note = ""
         if d.get("job_id"):
             note = f"job {d['job_id']}"
-        elif d.get("last_error"):
+        elif d.get("last_error") and (st == "failed" or not d.get("connected", True)):
+            # An old error of a device that now works is history, not a note.
             e = d["last_error"]
             note = click.style(f"{e.get('code')}: {e.get('message', '')}"[:80], fg="red")
         rows.append([str(d.get("id", "?")), str(d.get("driver", "")), str(d.get("board", "")),
@@ -242,7 +246,8 @@ def render_step(step: dict[str, Any], elapsed: float | None = None,
         e = detail["error"]
         extra = click.style(f"{e.get('code')}: {e.get('message', '')}", fg="red")
     else:
-        extra = click.style(detail_items(detail, skip=("seconds", "error")), dim=True)
+        items = detail_items(detail, skip=("seconds", "error"), numbers_only=True, limit=5)
+        extra = click.style(items, dim=True) if items else ""
     return f"  {mark} {name:<16} {secs:>8}  {extra}".rstrip()
 
 
