@@ -330,15 +330,16 @@ class SshSession:
             wrapped = (f"timeout -k {REMOTE_KILL_AFTER_S} {secs} sh -c "
                        f"{shlex.quote(command)}")
         started = time.monotonic()
-        chan = self.open_channel(deadline)
+        chan = self._start_command(wrapped, deadline, what)
         out, err = bytearray(), bytearray()
         try:
-            chan.exec_command(wrapped)
             if stdin is not None:
                 self._send_all(chan, stdin, deadline, what, on_progress)
                 chan.shutdown_write()
             status = self._collect(chan, out, err, deadline, what)
         except (TimeoutError, paramiko.SSHException, OSError, EOFError) as exc:
+            with self._lock:
+                self._drop()
             raise self._broken(what, exc, command=command[:300]) from exc
         finally:
             chan.close()
@@ -351,6 +352,25 @@ class SshSession:
                              f"status {status}: {result.err_text(500)}", command=command[:300],
                              status=status, stderr_tail=result.err_text())
         return result
+
+    def _start_command(self, command: str, deadline: Deadline, what: str) -> paramiko.Channel:
+        """Open a channel and exec ``command``. A connection that died while idle (the
+        target rebooted, a NAT forgot us) fails here, before the command ran: then it is
+        re-established once and the command started on the new one."""
+        for attempt in (1, 2):
+            chan = self.open_channel(deadline)
+            try:
+                chan.exec_command(command)
+                return chan
+            except (TimeoutError, paramiko.SSHException, OSError, EOFError) as exc:
+                chan.close()
+                with self._lock:
+                    self._drop()
+                if attempt == 2:
+                    raise self._broken(what, exc) from exc
+                log.info("device=%s %s: connection unusable (%s); reconnecting",
+                         self.device_id, what, exc)
+        raise AssertionError("unreachable")
 
     def _collect(self, chan: paramiko.Channel, out: bytearray, err: bytearray,
                  deadline: Deadline, what: str) -> int:

@@ -121,8 +121,9 @@ class Sshd:
         }
 
     def connection_pids(self) -> list[int]:
-        """Per-connection sshd processes (children of the listener)."""
-        pids = []
+        """Per-connection sshd processes and everything they started that is still attached
+        (the listener's descendants; detached runners were re-parented and are not included)."""
+        parents: dict[int, int] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -130,9 +131,24 @@ class Sshd:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[1]) == self.proc.pid:
-                pids.append(int(entry.name))
-        return pids
+            parents[int(entry.name)] = int(fields[1])
+        found = []
+        for pid in parents:
+            p = parents.get(pid)
+            while p and p != 1:
+                if p == self.proc.pid:
+                    found.append(pid)
+                    break
+                p = parents.get(p)
+        return found
+
+    def cut_connections(self) -> int:
+        """SIGKILL every live SSH connection (as a pulled cable or a crashed sshd would)."""
+        pids = self.connection_pids()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        return len(pids)
 
     def user_pids(self, user: str) -> list[int]:
         uid = pwd.getpwnam(user).pw_uid
