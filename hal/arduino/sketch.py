@@ -752,8 +752,7 @@ class _Source:
         try:
             self.data = path.read_bytes()
         except FileNotFoundError:
-            raise InputError("compile_failed", f"{name}: No such file or directory",
-                             file=name, line=0) from None
+            raise self.error(1, "No such file or directory") from None
         try:
             self.text = self.data.decode("ascii")
         except UnicodeDecodeError as exc:
