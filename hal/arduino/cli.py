@@ -277,8 +277,8 @@ def classify_compile_failure(result: CompileResult) -> HalError:
         )
     m = _LOCATION_BACKWARDS.search(text)
     if m:
-        frm = _as_int(m.group("frm")) if m.group("frm") else None
-        to = _as_int(m.group("to")) if m.group("to") else None
+        frm = _hex(m.group("frm"))
+        to = _hex(m.group("to"))
         overflow = frm - to if frm is not None and to is not None else None
         return FitError(
             "fit_link",
@@ -307,7 +307,7 @@ def classify_compile_failure(result: CompileResult) -> HalError:
         return InfraError(
             "tool_missing",
             f"the Arduino core {m.group(1)} is not installed",
-            fix=f"arduino-cli core install {m.group(1).rsplit(':', 1)[0]}",
+            fix=f"arduino-cli core install {':'.join(m.group(1).split(':')[:2])}",
             error=_tail(result.error, 500),
         )
     m = _MISSING_HEADER.search(text)
@@ -337,6 +337,15 @@ def classify_compile_failure(result: CompileResult) -> HalError:
         stderr_tail=_tail(result.stderr, 1500),
         returncode=result.returncode,
     )
+
+
+def _hex(text: str | None) -> int | None:
+    if not text:
+        return None
+    try:
+        return int(text.lower().removeprefix("0x"), 16)
+    except ValueError:
+        return None
 
 
 def _numbers_suffix(result: CompileResult, section: str) -> str:
@@ -484,6 +493,32 @@ def parse_board_list(stdout: str) -> list[BoardPort]:
         )
         out.append(BoardPort(address, protocol, vid, pid, serial, boards))
     return out
+
+
+def parse_board_watch(text: str) -> list[tuple[str, BoardPort]]:
+    """Parse the event stream of ``board list --watch --format json`` (one JSON object per
+    event: ``{"type": "add"|"remove", ...}`` with the port in the 0.18 flat form or, later,
+    under ``port``). Returns ``(type, port)`` pairs; malformed events are skipped."""
+    decoder = json.JSONDecoder()
+    events = []
+    pos = 0
+    attempts = 0
+    while attempts < _MAX_JSON_ATTEMPTS:
+        start = text.find("{", pos)
+        if start < 0:
+            break
+        attempts += 1
+        try:
+            obj, pos = decoder.raw_decode(text, start)
+        except (ValueError, RecursionError):
+            pos = start + 1
+            continue
+        if not isinstance(obj, dict) or obj.get("type") not in ("add", "remove"):
+            continue
+        ports = parse_board_list(json.dumps([obj]))
+        if ports:
+            events.append((obj["type"], ports[0]))
+    return events
 
 
 # ---------------------------------------------------------------------------- adapter

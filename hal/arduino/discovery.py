@@ -74,7 +74,14 @@ def _pid_alive(pid: object) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed owner that its parent has not reaped yet is a zombie: dead for our purposes
+    # (its pty is gone, and the pty number may already belong to someone else).
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != b"Z"
 
 
 def read_virtual_ports(directory: Path) -> list[PortInfo]:

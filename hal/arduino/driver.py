@@ -510,11 +510,11 @@ class Nano33BleDriver(Driver):
         """Classify a failed upload: the board gone -> port_vanished; cancelled meanwhile ->
         cancelled with the board's state."""
         serial = self.serial_number()
-        present = None
-        if serial is not None:
-            present = discovery.wait_for_board(
-                serial, Deadline(2.0), self._ports_dir(), mode=None,
-                include_usb=self.include_usb)
+        # Looked at right away: a board that dropped off the bus mid-flash is reported as
+        # such even if it re-appears (on its old firmware) a moment later.
+        present = (discovery.find_board(serial, self._ports_dir(), mode=None,
+                                        include_usb=self.include_usb)
+                   if serial is not None else None)
         err: HalError = exc
         if present is None and exc.code in ("upload_failed", "timeout", "tool_failed"):
             err = DeviceError(

@@ -98,7 +98,10 @@ def _hostile(command: str) -> int | None:
     mode = _misbehave()
     if mode == "hang":
         # A child in the same process group proves the adapter kills the whole group.
-        subprocess.Popen(["sleep", "300"])
+        child = subprocess.Popen(["sleep", "300"])
+        pid_file = _env("PID_FILE")
+        if pid_file:
+            Path(pid_file).write_text(f"{os.getpid()} {child.pid}\n")
         time.sleep(300)
         return 1
     if mode == "garbage_json":
