@@ -281,21 +281,32 @@ def _validate_input(c: SketchConfig) -> None:
             raise _bad("camera_range", f"must be two different finite numbers, not {rng!r}")
     if len(vectors) > MAX_VECTORS:
         raise _bad("input_vectors", f"{len(vectors)} vectors exceed {MAX_VECTORS}")
+    if c.vector_bytes > MAX_VECTOR_BYTES:  # before touching the values: cheap rejection
+        raise _bad("input_vectors", f"the vectors take {c.vector_bytes} bytes of flash, over "
+                   f"{MAX_VECTOR_BYTES}", bytes=c.vector_bytes, limit=MAX_VECTOR_BYTES)
+    import numpy as np
+
     for i, vector in enumerate(vectors):
         if not isinstance(vector, (tuple, list)) or len(vector) != c.input_elements:
             got = len(vector) if isinstance(vector, (tuple, list)) else type(vector).__name__
             raise _bad("input_vectors", f"vector {i} has {got} values; the input "
                        f"{list(shape)} takes {c.input_elements}", index=i,
                        expected=c.input_elements)
-        if not all(_is_real(v) and math.isfinite(v) for v in vector):
+        # Fast path: plain ints and floats (a C-speed type scan); else check each value.
+        plain = set(map(type, vector)) <= {int, float}
+        if not plain and not all(_is_real(v) for v in vector):
+            raise _bad("input_vectors", f"vector {i} holds a value that is not a number",
+                       index=i)
+        try:
+            values = np.asarray(vector, dtype=np.float64)
+        except OverflowError:  # an int too large for a double
+            values = np.array([np.inf])
+        if not np.isfinite(values).all():
             raise _bad("input_vectors", f"vector {i} holds a value that is not a finite "
                        "number", index=i)
-        if c.input_dtype == "float32" and any(abs(v) > 3.4028234663852886e38 for v in vector):
+        if c.input_dtype == "float32" and (np.abs(values) > 3.4028234663852886e38).any():
             raise _bad("input_vectors", f"vector {i} holds a value out of float32 range",
                        index=i)
-    if c.vector_bytes > MAX_VECTOR_BYTES:
-        raise _bad("input_vectors", f"the vectors take {c.vector_bytes} bytes of flash, over "
-                   f"{MAX_VECTOR_BYTES}", bytes=c.vector_bytes, limit=MAX_VECTOR_BYTES)
 
 
 # ----------------------------------------------------------------------------- building
@@ -346,16 +357,15 @@ def quantise(config: SketchConfig, values) -> list:
     """``values`` (real units) as the input tensor's element values: ints for int8/uint8
     (round half away from zero, like TFLM's ``FloatToQuantizedType``, then clamped), floats
     rounded to float32 for float32 inputs."""
+    import numpy as np
+
+    real = np.asarray(values, dtype=np.float64)
     if config.input_dtype == "float32":
-        return [struct.unpack("<f", struct.pack("<f", float(v)))[0] for v in values]
+        return real.astype(np.float32).astype(np.float64).tolist()
     lo, hi = _DTYPE_RANGE[config.input_dtype]
-    scale = config.input_scale
-    zp = config.input_zero_point
-    out = []
-    for v in values:
-        q = _round_half_away(v / scale) + zp
-        out.append(min(hi, max(lo, q)))
-    return out
+    scaled = real / config.input_scale
+    q = np.copysign(np.floor(np.abs(scaled) + 0.5), scaled) + config.input_zero_point
+    return np.clip(q, lo, hi).astype(np.int64).tolist()
 
 
 def dequantise(config: SketchConfig, values) -> tuple[float, ...]:

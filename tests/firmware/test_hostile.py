@@ -4,6 +4,7 @@ error (code compile_failed, with file and line)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import replace
 
@@ -185,9 +186,12 @@ def test_any_label_round_trips_through_the_c_source(labels, tmp_path_factory):
     sketch_dir = tmp_path_factory.mktemp("labels") / sk.SKETCH_NAME
     render_sketch(config, sketch_dir)
     text = (sketch_dir / "model_config.h").read_text("ascii")  # only ASCII reaches the source
-    block = text[text.index("kTinymlLabels[] = {"):text.index("};", text.index("kTinymlLabels"))]
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if "kTinymlLabels[] = {" in line)
+    end = lines.index("};", start)
     # One literal per line, nothing else on it: no label opened a second line or a comment.
-    assert len(block.splitlines()) == 1 + len(labels)
+    assert end - start - 1 == len(labels)
+    assert all(re.fullmatch(r'    "([^"\\]|\\.)*",', line) for line in lines[start + 1:end])
     assert read_sketch(sketch_dir).labels == labels
 
 
