@@ -110,16 +110,22 @@ def remote_sections(inv: Invocation) -> tuple[list[dict[str, Any]], dict[str, An
                                          "and the device's settings")))
         if not checks:
             checks.append(_check("devices", True, "none configured or attached"))
-        sections.append({"section": "devices (as the bridge sees them)", "checks": checks})
+        sections.append({"section": "devices (as the bridge sees them)", "checks": checks,
+                         "devices_seen": [{"id": d.get("id")} for d in devices]})
     return sections, health
 
 
 # ------------------------------------------------------------------------------ local
 
 
-def local_sections(config_path: str) -> list[dict[str, Any]]:
+def local_sections(config_path: str, owned: set[str] | None = None) -> list[dict[str, Any]]:
     """Checks run here, through hal: every configured or discoverable driver's
-    ``check_tools`` and every device's ``diagnose``. Needs the bridge machine's config."""
+    ``check_tools`` and every device's ``diagnose``. Needs the bridge machine's config.
+
+    Devices in ``owned`` (those a running bridge reported) are not diagnosed from here: a
+    second driver instance in this process would compete with the daemon for the port, the
+    SSH runner or the virtual board; the bridge's own view of them is shown instead."""
+    owned = owned or set()
     from bridge.config import load_config
     from hal.deadline import Deadline
     from hal.driver import build_driver, get_driver_class
@@ -187,6 +193,13 @@ def local_sections(config_path: str) -> list[dict[str, Any]]:
         return {"section": f"device {dev_id} ({driver_name}, local, "
                 f"{time.monotonic() - started:.1f} s)", "checks": checks}
 
+    skipped = [t for t in targets if t[0] in owned]
+    targets = [t for t in targets if t[0] not in owned]
+    if skipped:
+        sections.append({"section": "devices owned by the running bridge (local)", "checks": [
+            _check(f"device {t[0]}", True, "not diagnosed a second time from here: see "
+                   "the bridge's view above (stop the daemon and use --no-remote, or "
+                   "--diagnose-owned, to run its checks here)") for t in skipped]})
     if targets:
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(targets)))
         futures = [pool.submit(diagnose, t) for t in targets]
@@ -205,6 +218,14 @@ def local_sections(config_path: str) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------- command
+
+
+def _reported_devices(sections: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for section in sections:
+        if "devices_seen" in section:
+            return section["devices_seen"]
+    return []
+
 
 
 def verdict(sections: list[dict[str, Any]], strict: bool) -> tuple[int, int]:
@@ -246,8 +267,11 @@ token, each driver's host tools (arduino-cli found, mbed_nano core and TFLM libr
 installed, the user in dialout...) and each device (port readable, Pi reachable with its
 runtime). Every failed check comes with a fix.
 
-With --local (on the bridge machine, with the bridge's --config), the checks also run here,
-directly through the drivers, even when the daemon is not running.
+With --local (on the bridge machine, with the bridge's --config; the default when --config
+is given) the checks also run here, directly through the drivers: each driver's host tools,
+and each device's own diagnosis -- for devices the running bridge owns, the bridge's view is
+shown instead (a second driver would compete with it for the port), unless
+--diagnose-owned. With the daemon stopped, use --no-remote.
 
 Exit 0 when every check passes, 1 when any fails. Checks of a driver no device uses are
 warnings unless --strict.
@@ -255,7 +279,8 @@ warnings unless --strict.
 \b
 Examples:
   tinyml-bridge doctor
-  tinyml-bridge doctor --config /etc/tinyml-bridge/bridge.toml --local
+  tinyml-bridge doctor --config /etc/tinyml-bridge/bridge.toml
+  tinyml-bridge doctor --config /etc/tinyml-bridge/bridge.toml --no-remote
   tinyml-bridge doctor --url http://10.0.0.5:5000 --token-file ~/.bridge-token --json
 """,
 )
@@ -265,9 +290,13 @@ Examples:
 @click.option("--remote/--no-remote", default=True, show_default=True,
               help="Ask the running bridge (--no-remote: local checks only, e.g. before the "
                    "daemon is started).")
+@click.option("--diagnose-owned", is_flag=True,
+              help="With --local: diagnose here even the devices the running bridge owns "
+                   "(opens their ports alongside the daemon).")
 @click.option("--strict", is_flag=True, help="Count failures of unused drivers too.")
 @bridge_command
-def doctor(inv: Invocation, local: bool | None, remote: bool, strict: bool) -> int:
+def doctor(inv: Invocation, local: bool | None, remote: bool, diagnose_owned: bool,
+           strict: bool) -> int:
     if local is None:
         local = inv.config is not None
     if local and inv.config is None:
@@ -280,7 +309,10 @@ def doctor(inv: Invocation, local: bool | None, remote: bool, strict: bool) -> i
         sections, health = remote_sections(inv)
     if local:
         try:
-            sections += local_sections(inv.config)
+            owned: set[str] = set()
+            if health is not None and not diagnose_owned:
+                owned = {str(d.get("id")) for d in _reported_devices(sections)}
+            sections += local_sections(inv.config, owned)
         except HalError as exc:
             sections.append({"section": f"config {inv.config} (local)", "checks": [
                 _check("config valid", False, f"{exc.code}: {exc.message}")]})

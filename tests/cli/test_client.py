@@ -137,7 +137,11 @@ def _server(script: Script) -> ThreadingHTTPServer:
                 self._send(404, json.dumps({"code": "not_found", "message": "no such path",
                                             "detail": {}, "class": "input"}).encode())
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request, client_address):  # a client that left: expected here
+            pass
+
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
