@@ -708,12 +708,10 @@ def _write_if_changed(path: Path, data: bytes) -> bool:
             return False
     except FileNotFoundError:
         pass
-    # Write beside and rename: an interrupted install never leaves half a model file.
+    # Write beside and rename: a killed install never leaves half a file. No fsync: after a
+    # power loss a damaged file differs from what we render, so the next install rewrites it.
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    tmp.write_bytes(data)
     os.replace(tmp, path)
     return True
 
