@@ -1,0 +1,168 @@
+"""The backend's Flask application factory and its production server (waitress).
+
+``create_app(config)`` migrates the database (``alembic upgrade head``), starts the job runner
+and registers the views. Every answer is JSON (or the file asked for); every failure is the
+``hal.errors`` wire form ``{"code", "message", "detail", "class"}``. All endpoints but
+``/health`` and ``/openapi.json`` need ``Authorization: Bearer <token>``.
+
+TensorFlow is never imported here: trainings and compilations run in worker processes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from dataclasses import dataclass, field
+
+from flask import Flask, Response, json, request
+from werkzeug.exceptions import HTTPException
+
+from backend_stub.config import BackendConfig
+from backend_stub.runner import JobRunner
+from backend_stub.storage import Store
+from hal.errors import (
+    BugError,
+    ErrorClass,
+    HalError,
+    InputError,
+)
+
+log = logging.getLogger(__name__)
+
+# Status by code; otherwise by class (input 400, fit 422, device 502, infrastructure 503).
+STATUS_BY_CODE = {
+    "unauthorized": 401,
+    "not_found": 404,
+    "unknown_device": 404,
+    "unknown_job": 404,
+    "device_busy": 409,
+    "payload_too_large": 413,
+    "bad_option": 422,
+    "dataset_invalid": 422,
+    "unknown_board": 422,
+    "compile_failed": 422,
+    "cancelled": 409,
+    "timeout": 504,
+}
+STATUS_BY_CLASS = {
+    ErrorClass.INPUT: 400,
+    ErrorClass.FIT: 422,
+    ErrorClass.DEVICE: 502,
+    ErrorClass.INFRA: 503,
+    ErrorClass.BUG: 500,
+}
+
+
+def status_for(err: HalError) -> int:
+    """The HTTP status of an error (an explicit ``http_status`` attribute wins)."""
+    explicit = getattr(err, "http_status", None)
+    if explicit:
+        return int(explicit)
+    return STATUS_BY_CODE.get(err.code, STATUS_BY_CLASS[err.error_class])
+
+
+def error_response(err: HalError, status: int | None = None) -> Response:
+    return Response(json.dumps(err.to_dict()), status=status or status_for(err),
+                    mimetype="application/json")
+
+
+@dataclass
+class Backend:
+    """What the views share: the store, the configuration and the job runners."""
+
+    config: BackendConfig
+    store: Store
+    runner: JobRunner
+    started: float = field(default_factory=time.monotonic)
+    deployments: object = None  # backend_stub.deploy.DeploymentRunner
+
+    def close(self) -> None:
+        """Kill running workers and release the database."""
+        self.runner.shutdown()
+        self.store.dispose()
+
+
+def create_app(config: BackendConfig | None = None) -> Flask:
+    """Build the app: migrate the database, start the job runner, register the views."""
+    from backend_stub.deploy import DeploymentRunner
+    from backend_stub.web import api, register_views
+
+    config = config or BackendConfig()
+    store = Store(config.database_url, migrate=config.migrate)
+    runner = JobRunner(store, config)
+    backend = Backend(config=config, store=store, runner=runner)
+    backend.deployments = DeploymentRunner(store, config)
+    runner.start()
+    backend.deployments.recover()
+
+    app = Flask("backend_stub")
+    app.config["MAX_CONTENT_LENGTH"] = config.limits.max_upload_bytes
+    app.json.sort_keys = False
+    app.extensions["tinyml_backend"] = backend
+    register_views(app)
+    public = api.public_rules()
+
+    @app.before_request
+    def _authenticate():
+        if config.token is None or request.url_rule is None:
+            return None  # no auth configured, or a 404/405 answered by the error handler
+        if request.url_rule.rule in public:
+            return None
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode(), config.token.encode()):
+            return error_response(InputError(
+                "unauthorized", "missing or wrong bearer token (Authorization: Bearer <token>)"))
+        return None
+
+    @app.errorhandler(HalError)
+    def _hal_error(err: HalError):
+        if err.error_class is ErrorClass.BUG:
+            log.error("%s %s: %s", request.method, request.path, err)
+        return error_response(err)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        code = {401: "unauthorized", 404: "not_found", 413: "payload_too_large"}.get(
+            exc.code or 400, "bad_request")
+        detail = {"http_status": exc.code}
+        if exc.code == 405:
+            detail["allowed"] = sorted(getattr(exc, "valid_methods", None) or [])
+        err = InputError(code, exc.description or exc.name, **detail)
+        return error_response(err, exc.code or 400)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(BugError("internal", f"{type(exc).__name__}: {exc}"))
+
+    log.info("backend ready (database %s)", store.engine.url.render_as_string(hide_password=True))
+    return app
+
+
+def serve(app: Flask, host: str, port: int, *, threads: int = 8,
+          on_bound=None) -> None:
+    """Serve ``app`` with waitress until interrupted. ``port`` 0 picks a free port; the
+    bound ``(host, port)`` is passed to ``on_bound`` (the CLI prints it)."""
+    from waitress.server import create_server
+
+    backend: Backend = app.extensions["tinyml_backend"]
+    server = create_server(
+        app, host=host, port=port, threads=threads,
+        # Uploads go to waitress's own temporary file past 512 KB, never all into memory.
+        max_request_body_size=backend.config.limits.max_upload_bytes + 1,
+        clear_untrusted_proxy_headers=True, ident="tinyml-backend",
+    )
+    bound = server.effective_host, server.effective_port
+    if on_bound:
+        on_bound(bound)
+    log.info("serving on http://%s:%s", *bound)
+    try:
+        server.run()
+    finally:
+        backend.close()
+
+
+__all__ = ["Backend", "create_app", "serve", "status_for"]

@@ -1,0 +1,244 @@
+"""Deployments: an int8 artifact to a device, through its bridge's install API.
+
+``prepare`` runs in the request (so a deployment that cannot work is refused at once): the
+artifact exists and fits the device's board, the bridge knows the device. The install itself
+runs in a thread that follows the bridge job to its end; a deployment succeeds only when the
+bridge job succeeded with a report naming our artifact's sha256 -- the device booted exactly
+this model and said so.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from sqlalchemy import select, update
+
+from backend_stub.bridges import BridgeClient
+from backend_stub.config import BackendConfig
+from backend_stub.datasets import conflict, load_images, not_found
+from backend_stub.preprocess import preprocess
+from backend_stub.storage import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    Bridge,
+    Compilation,
+    Deployment,
+    Store,
+    Training,
+    utcnow,
+)
+from hal.boards import fit_check, get_profile
+from hal.errors import BugError, Cancelled, HalError, InfraError, as_hal_error, from_dict
+from hal.model.report import ModelReport, TensorInfo
+
+log = logging.getLogger(__name__)
+
+BRIDGE_FINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+_POLL_WAIT_S = 2.0  # each GET /jobs/{id}?wait= holds this long: cancel reacts within it
+
+
+def client_for(bridge: Bridge, config: BackendConfig) -> BridgeClient:
+    return BridgeClient(bridge.url, bridge.token, connect_timeout_s=config.bridge_connect_timeout_s,
+                        read_timeout_s=config.bridge_read_timeout_s)
+
+
+def report_from_dict(data: dict[str, Any]) -> ModelReport:
+    """Rebuild the stored :class:`ModelReport` (for a fit check against another board)."""
+    def tensors(items: list[dict]) -> tuple[TensorInfo, ...]:
+        return tuple(TensorInfo(**{**t, "shape": tuple(t["shape"])}) for t in items)
+
+    return ModelReport(**{**data, "inputs": tensors(data["inputs"]),
+                          "outputs": tensors(data["outputs"]), "ops": tuple(data["ops"]),
+                          "warnings": tuple(data.get("warnings", ()))})
+
+
+def deployable(compilation: Compilation) -> None:
+    """Refuse an artifact nobody should deploy: not compiled (409), or one that failed its
+    fit check or compilation (the stored error: 422 ``fit_*``)."""
+    if compilation.state == FAILED and compilation.error:
+        err = from_dict(compilation.error)
+        err.detail.setdefault("compilation_id", compilation.id)
+        raise err
+    if compilation.state != SUCCEEDED or compilation.artifact is None:
+        raise conflict(f"compilation {compilation.id} is {compilation.state}; only a succeeded "
+                       "compilation can be deployed", state=compilation.state)
+
+
+class DeploymentRunner:
+    """Starts and follows deployments; one thread each (they only wait on HTTP)."""
+
+    def __init__(self, store: Store, config: BackendConfig) -> None:
+        self.store = store
+        self.config = config
+        self._cancel: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def recover(self) -> None:
+        """Deployments followed by a previous process: their outcome is unknown."""
+        with self.store.session() as s:
+            s.execute(update(Deployment).where(Deployment.state.in_((QUEUED, RUNNING)))
+                      .values(state=FAILED, finished_at=utcnow(), error=InfraError(
+                          "interrupted", "the backend restarted while following the "
+                          "deployment; ask the bridge for the job's outcome").to_dict()))
+
+    def create(self, compilation_id: int, bridge_id: int, device_id: str,
+               params: dict[str, Any]) -> int:
+        """Check everything that can be checked up front, record the deployment, start it."""
+        with self.store.session() as s:
+            comp = s.get(Compilation, compilation_id)
+            if comp is None:
+                raise not_found("compilation", compilation_id)
+            deployable(comp)
+            bridge = s.get(Bridge, bridge_id)
+            if bridge is None:
+                raise not_found("bridge", bridge_id)
+            client = client_for(bridge, self.config)
+            report = comp.report or {}
+        try:
+            device = client.device(device_id)  # unknown_device (404) from the bridge
+        finally:
+            client.close()
+        board = device.get("board") or comp.board
+        if board != comp.board:
+            # Compiled and checked for another board: check this one before anyone flashes.
+            fit = fit_check(report_from_dict(report["model"]), get_profile(board),
+                            params.get("arena_bytes"))
+            fit.raise_if_not_fit()
+        with self.store.session() as s:
+            dep = Deployment(compilation_id=compilation_id, bridge_id=bridge_id,
+                             device_id=device_id, params={**params, "board": board})
+            s.add(dep)
+            s.flush()
+            dep_id = dep.id
+        event = threading.Event()
+        with self._lock:
+            self._cancel[dep_id] = event
+        threading.Thread(target=self._follow, args=(dep_id, event), daemon=True,
+                         name=f"deployment-{dep_id}").start()
+        log.info("deployment %d: compilation %d -> bridge %d device %s", dep_id, compilation_id,
+                 bridge_id, device_id)
+        return dep_id
+
+    def cancel(self, dep_id: int) -> None:
+        with self.store.session() as s:
+            dep = s.get(Deployment, dep_id)
+            if dep is None:
+                raise not_found("deployment", dep_id)
+            state = dep.state
+        with self._lock:
+            event = self._cancel.get(dep_id)
+        if event is None or state not in (QUEUED, RUNNING):
+            raise conflict(f"deployment {dep_id} has ended already ({state})", state=state)
+        event.set()
+
+    # -- the follower thread ---------------------------------------------------------------
+
+    def _set(self, dep_id: int, **values: Any) -> None:
+        with self.store.session() as s:
+            s.execute(update(Deployment).where(Deployment.id == dep_id).values(**values))
+
+    def _finish(self, dep_id: int, state: str, error: dict | None) -> None:
+        with self.store.session() as s:
+            s.execute(update(Deployment).where(Deployment.id == dep_id,
+                                               Deployment.state.in_((QUEUED, RUNNING)))
+                      .values(state=state, error=error, finished_at=utcnow()))
+        log.info("deployment %d %s%s", dep_id, state,
+                 f": {error.get('code')}: {error.get('message')}" if error else "")
+
+    def _follow(self, dep_id: int, cancel: threading.Event) -> None:
+        try:
+            self._run(dep_id, cancel)
+        except Cancelled as exc:
+            self._finish(dep_id, CANCELLED, exc.to_dict())
+        except HalError as exc:
+            self._finish(dep_id, FAILED, exc.to_dict())
+        except Exception as exc:
+            log.exception("deployment %d: unexpected failure", dep_id)
+            self._finish(dep_id, FAILED, as_hal_error(exc).to_dict())
+        finally:
+            with self._lock:
+                self._cancel.pop(dep_id, None)
+
+    def _payload(self, dep: Deployment, comp: Compilation, training: Training,
+                 s) -> dict[str, Any]:
+        """Labels and a few validation-split inputs, preprocessed exactly as in training."""
+        p = training.params
+        wanted = int(dep.params.get("input_vectors", 0))
+        val_ids = [i for i, _cls in (training.split or {}).get("validation", [])][:wanted]
+        blobs = load_images(s, val_ids)
+        vectors = [preprocess(blobs[i], p["image_width"], p["image_height"], p["color_mode"])
+                   .reshape(-1).round(6).tolist() for i in val_ids if i in blobs]
+        options: dict[str, Any] = {"labels": list(training.labels or []),
+                                   "input_vectors": vectors,
+                                   "boot_deadline_s": dep.params.get("boot_deadline_s", 20.0)}
+        if dep.params.get("arena_bytes"):
+            options["arena_bytes"] = dep.params["arena_bytes"]
+        return options
+
+    def _run(self, dep_id: int, cancel: threading.Event) -> None:
+        with self.store.session() as s:
+            dep = s.get(Deployment, dep_id)
+            comp = s.get(Compilation, dep.compilation_id) if dep.compilation_id else None
+            bridge = s.get(Bridge, dep.bridge_id) if dep.bridge_id else None
+            if comp is None or bridge is None:
+                raise InfraError("interrupted", "the artifact or bridge was deleted before the "
+                                 "deployment started")
+            training = s.get(Training, comp.training_id)
+            options = self._payload(dep, comp, training, s)
+            artifact, sha = comp.artifact, comp.sha256
+            client = client_for(bridge, self.config)
+        self._set(dep_id, state=RUNNING, started_at=utcnow(),
+                  params={**dep.params, "input_vectors_sent": len(options["input_vectors"])})
+        try:
+            job = client.install(dep.device_id, artifact, options)
+            self._set(dep_id, bridge_job_id=str(job["id"]), bridge_job=job)
+            log.info("deployment %d: bridge job %s started", dep_id, job["id"])
+            started = time.monotonic()
+            while job.get("state") not in BRIDGE_FINAL:
+                if cancel.is_set():
+                    client.cancel_job(str(job["id"]))
+                    raise Cancelled(f"deployment {dep_id} cancelled; bridge job {job['id']} "
+                                    "cancel requested")
+                remaining = self.config.deploy_timeout_s - (time.monotonic() - started)
+                if remaining <= 0:
+                    client.cancel_job(str(job["id"]))
+                    raise InfraError("timeout", f"bridge job {job['id']} did not end within "
+                                     f"{self.config.deploy_timeout_s:g} s", bridge_job=job)
+                job = client.job(str(job["id"]), wait_s=min(_POLL_WAIT_S, remaining))
+                self._set(dep_id, bridge_job=job)
+        finally:
+            client.close()
+        state = job.get("state")
+        if state != "succeeded":
+            err = job.get("error")
+            if isinstance(err, dict) and "code" in err:
+                raise from_dict(err)
+            raise InfraError("interrupted" if state == "interrupted" else "tool_failed",
+                             f"bridge job {job['id']} ended {state} without an error",
+                             bridge_job_state=state)
+        report = job.get("report") or {}
+        if report.get("model_sha256") != sha:
+            # The bridge says "succeeded" but not about our model: never report that as ours.
+            raise BugError("internal", "the bridge job succeeded but its report names another "
+                           "model", expected_sha256=sha, reported_sha256=report.get("model_sha256"))
+        self._finish(dep_id, SUCCEEDED, None)
+
+
+def deployment_dict(dep: Deployment) -> dict[str, Any]:
+    return {"id": dep.id, "compilation_id": dep.compilation_id, "bridge_id": dep.bridge_id,
+            "device_id": dep.device_id, "state": dep.state, "params": dep.params,
+            "bridge_job_id": dep.bridge_job_id, "bridge_job": dep.bridge_job,
+            "created_at": dep.created_at, "started_at": dep.started_at,
+            "finished_at": dep.finished_at, "error": dep.error}
+
+
+def list_deployments(store: Store) -> list[dict[str, Any]]:
+    with store.session() as s:
+        return [deployment_dict(d) for d in s.scalars(select(Deployment)
+                                                      .order_by(Deployment.id.desc()))]

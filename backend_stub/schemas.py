@@ -1,0 +1,237 @@
+"""Request and response models of the backend API. The OpenAPI document is generated from
+these (``backend_stub.web.openapi_document``); handlers validate bodies with them and build
+their answers through them, so the document and the behaviour cannot drift apart."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorOut(_Response):
+    """Every failure: the ``hal.errors`` wire form."""
+
+    code: str
+    message: str
+    detail: dict[str, Any]
+    class_: str = Field(alias="class")
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class HealthOut(_Response):
+    status: Literal["ok"]
+    version: str
+    uptime_s: float
+    database: str  # "sqlite" or "postgresql"
+    jobs_running: int
+
+
+# ------------------------------------------------------------------------------ datasets
+
+
+class DatasetOut(_Response):
+    id: int
+    name: str
+    created_at: datetime
+    updated_at: datetime
+    labels: dict[str, int] = Field(description="image count per label")
+    images: int
+    size_bytes: int
+    skipped: list[str] | None = Field(None, description="archiver junk that was ignored")
+    added: int | None = Field(None, description="images added by this request")
+
+
+class DatasetList(_Response):
+    datasets: list[DatasetOut]
+
+
+class ImageOut(_Response):
+    id: int
+    label: str
+    filename: str
+    format: str
+    width: int
+    height: int
+    mode: str
+    size_bytes: int
+    sha256: str
+
+
+class ImageList(_Response):
+    images: list[ImageOut]
+
+
+class LabelIn(_Request):
+    name: str = Field(min_length=1, max_length=64)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+class TrainingIn(_Request):
+    """Training parameters; every one has a default except the dataset."""
+
+    dataset_id: int
+    epochs: int = Field(10, ge=1, le=1000)
+    image_width: int = Field(48, ge=8, le=512)
+    image_height: int = Field(48, ge=8, le=512)
+    color_mode: Literal["grayscale", "rgb"] = "grayscale"
+    batch_size: int = Field(32, ge=1, le=4096)
+    learning_rate: float = Field(0.001, gt=0.0, le=1.0)
+    validation_split: float = Field(0.2, gt=0.0, le=0.5)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    conv_filters: list[int] = Field(
+        default_factory=lambda: [8, 16], min_length=1, max_length=4,
+        description="filters of each Conv2D+MaxPool block",
+    )
+    dropout: float = Field(0.25, ge=0.0, lt=1.0)
+
+
+class EpochOut(_Response):
+    epoch: int
+    loss: float | None
+    accuracy: float | None
+    val_loss: float | None
+    val_accuracy: float | None
+    seconds: float | None
+
+
+class ProgressOut(_Response):
+    epoch: int  # epochs finished
+    epochs: int
+    last: EpochOut | None
+
+
+class TrainingOut(_Response):
+    id: int
+    dataset_id: int | None
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    params: dict[str, Any]
+    labels: list[str] | None
+    progress: ProgressOut
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: dict[str, Any] | None
+    links: dict[str, str] = Field(description="metrics, curves and model resources")
+
+
+class TrainingList(_Response):
+    trainings: list[TrainingOut]
+
+
+class MetricsOut(_Response):
+    training_id: int
+    epochs: list[EpochOut]
+    final: dict[str, Any] | None = Field(
+        None, description="float accuracy and loss on the validation split, split sizes")
+
+
+# ------------------------------------------------------------------------------ compiling
+
+
+class CompilationIn(_Request):
+    training_id: int
+    board: str = Field("nano33ble", min_length=1, max_length=64)
+    representative_samples: int | None = Field(
+        None, ge=1, description="cap on representative samples (default: every training sample)")
+
+
+class CompilationOut(_Response):
+    id: int
+    training_id: int
+    board: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    params: dict[str, Any]
+    sha256: str | None
+    size_bytes: int | None
+    report: dict[str, Any] | None = Field(
+        None, description="model analysis, fit check and int8 vs float accuracy")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: dict[str, Any] | None
+    links: dict[str, str]
+
+
+class CompilationList(_Response):
+    compilations: list[CompilationOut]
+
+
+# ------------------------------------------------------------------------------ bridges
+
+
+class BridgeIn(_Request):
+    name: str = Field(min_length=1, max_length=64)
+    url: str = Field(min_length=1, max_length=512)
+    token: str | None = Field(None, max_length=512)
+
+
+class BridgeOut(_Response):
+    id: int
+    name: str
+    url: str
+    has_token: bool
+    created_at: datetime
+
+
+class BridgeList(_Response):
+    bridges: list[BridgeOut]
+
+
+class BridgeHealthOut(_Response):
+    bridge_id: int
+    reachable: bool
+    latency_ms: float | None
+    health: dict[str, Any] | None = Field(None, description="the bridge's /health answer")
+    error: dict[str, Any] | None
+
+
+class DeviceListOut(_Response):
+    bridge_id: int
+    devices: list[dict[str, Any]] = Field(description="the bridge's Device objects")
+
+
+class ObservationOut(_Response):
+    bridge_id: int
+    device_id: str
+    lines: list[dict[str, Any]]
+    last_seq: int | None
+
+
+class DeploymentIn(_Request):
+    compilation_id: int
+    bridge_id: int
+    device_id: str = Field(min_length=1, max_length=128)
+    input_vectors: int = Field(4, ge=0, le=64, description="validation samples sent along")
+    arena_bytes: int | None = Field(None, ge=1024)
+    boot_deadline_s: float = Field(20.0, gt=0.0, le=600.0)
+
+
+class DeploymentOut(_Response):
+    id: int
+    compilation_id: int | None
+    bridge_id: int | None
+    device_id: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    params: dict[str, Any]
+    bridge_job_id: str | None
+    bridge_job: dict[str, Any] | None = Field(None, description="the bridge's last Job")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: dict[str, Any] | None
+
+
+class DeploymentList(_Response):
+    deployments: list[DeploymentOut]

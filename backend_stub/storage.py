@@ -1,0 +1,264 @@
+"""The database: SQLAlchemy 2 models, the engine, and Alembic migrations.
+
+Images, trained models, training curves and compiled artifacts are rows (``LargeBinary``:
+BLOB in SQLite, ``bytea`` in PostgreSQL), so one database backup holds everything. PostgreSQL
+large objects were considered and not used: a ``bytea`` column is deleted with its row (large
+objects need ``lo_unlink`` triggers or ``vacuumlo`` or they leak), it is dumped by a plain
+``pg_dump`` of the table, it works the same through SQLite, and every value here is small
+enough for it (images are at most ``max_entry_bytes``, 16 MiB by default; models and artifacts
+a few MB; ``bytea`` holds up to 1 GB).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+# Job states shared by trainings, compilations and deployments.
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "queued", "running", "succeeded", "failed", "cancelled"
+)
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UtcDateTime(TypeDecorator):
+    """A timezone-aware UTC datetime on every backend (SQLite returns naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    # Stable constraint names, so migrations can refer to them on every backend.
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class Label(Base):
+    __tablename__ = "labels"
+    __table_args__ = (UniqueConstraint("dataset_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(64))
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("label_id", "filename"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    format: Mapped[str] = mapped_column(String(16))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(String(16))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class _JobColumns:
+    """Columns every background job has (trainings and compilations run in a worker process;
+    deployments in a thread that follows a bridge job)."""
+
+    state: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    params: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    error: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class Training(_JobColumns, Base):
+    __tablename__ = "trainings"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The model outlives its dataset: deleting a dataset keeps trained models and artifacts.
+    dataset_id: Mapped[int | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    labels: Mapped[list | None] = mapped_column(JSON, nullable=True)  # class index -> name
+    # {"train": [image ids], "validation": [image ids]}: compiling reuses exactly this split.
+    split: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    model_keras: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    curves_png: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class TrainingEpoch(Base):
+    """One epoch's figures, written by the worker as it trains (progress and metrics)."""
+
+    __tablename__ = "training_epochs"
+    __table_args__ = (UniqueConstraint("training_id", "epoch"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    training_id: Mapped[int] = mapped_column(
+        ForeignKey("trainings.id", ondelete="CASCADE"), index=True
+    )
+    epoch: Mapped[int] = mapped_column(Integer)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    val_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class Compilation(_JobColumns, Base):
+    __tablename__ = "compilations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    training_id: Mapped[int] = mapped_column(
+        ForeignKey("trainings.id", ondelete="CASCADE"), index=True
+    )
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    board: Mapped[str] = mapped_column(String(64))
+    artifact: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # {"model": ModelReport.to_dict(), "fit": FitResult.to_dict(), "accuracy": {...}}
+    report: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class Bridge(Base):
+    __tablename__ = "bridges"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    url: Mapped[str] = mapped_column(String(512))
+    token: Mapped[str | None] = mapped_column(String(512), nullable=True)  # never listed
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class Deployment(_JobColumns, Base):
+    __tablename__ = "deployments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    compilation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("compilations.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    bridge_id: Mapped[int | None] = mapped_column(
+        ForeignKey("bridges.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    device_id: Mapped[str] = mapped_column(String(128))
+    bridge_job_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    bridge_job: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # last seen job
+
+
+# ------------------------------------------------------------------------------ engine
+
+
+def _is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``. SQLite gets WAL (the worker writes progress while the web
+    process reads), a busy timeout and enforced foreign keys (cascading deletes)."""
+    if _is_sqlite(url):
+        db_path = make_url(url).database
+        if db_path and db_path != ":memory:":
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest migration (``alembic upgrade head``)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    log.info("database schema at head (%s)", engine.url.render_as_string(hide_password=True))
+
+
+class Store:
+    """The engine and a session factory. One per app (and one per worker process)."""
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        if migrate:
+            upgrade(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed on success and rolled back on any exception."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def dispose(self) -> None:
+        self.engine.dispose()

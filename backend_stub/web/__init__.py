@@ -1,0 +1,280 @@
+"""The HTTP layer: one route table that both registers the Flask views and generates the
+OpenAPI document, plus the helpers every view uses (body validation, query parameters,
+answers built through the response models)."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app, request
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
+
+from backend_stub import __version__, schemas
+from hal.errors import InputError
+
+# Raw (non-JSON) bodies and answers, by short name: (media type, description).
+MEDIA = {
+    "zip": ("application/zip", "a zip archive with one folder per label"),
+    "image": ("application/octet-stream", "one image file (PNG, JPEG, BMP...)"),
+    "png": ("image/png", "a PNG image"),
+    "tflite": ("application/octet-stream", "the int8 .tflite flatbuffer"),
+    "keras": ("application/octet-stream", "the trained Keras model (.keras zip)"),
+}
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query parameter of an endpoint."""
+
+    name: str
+    type: str = "string"  # "string", "integer" or "number"
+    required: bool = False
+    description: str = ""
+
+
+@dataclass
+class Endpoint:
+    method: str
+    path: str  # "/datasets/{dataset_id:int}"
+    view: Callable[..., Any]
+    summary: str
+    body: type[BaseModel] | str | None
+    response: type[BaseModel] | str | None
+    status: int
+    query: Sequence[Query]
+    auth: bool
+    tag: str
+
+    @property
+    def rule(self) -> str:
+        """The Flask rule: ``{x:int}`` -> ``<int:x>``, ``{x}`` -> ``<x>``."""
+        return re.sub(r"\{(\w+):int\}", r"<int:\1>", re.sub(r"\{(\w+)\}", r"<\1>", self.path))
+
+    @property
+    def openapi_path(self) -> str:
+        return re.sub(r"\{(\w+):int\}", r"{\1}", self.path)
+
+    def path_params(self) -> list[tuple[str, str]]:
+        return [(m.group(1), "integer" if m.group(2) else "string")
+                for m in re.finditer(r"\{(\w+)(:int)?\}", self.path)]
+
+
+@dataclass
+class Api:
+    """The route table. ``@api.route(...)`` declares a view; :meth:`register` adds every view
+    to a Flask app; :meth:`openapi` describes the same table."""
+
+    endpoints: list[Endpoint] = field(default_factory=list)
+
+    def route(self, method: str, path: str, *, summary: str, tag: str,
+              body: type[BaseModel] | str | None = None,
+              response: type[BaseModel] | str | None = None, status: int = 200,
+              query: Sequence[Query] = (), auth: bool = True) -> Callable:
+        def deco(fn: Callable) -> Callable:
+            self.endpoints.append(Endpoint(method.upper(), path, fn, summary, body, response,
+                                           status, tuple(query), auth, tag))
+            return fn
+        return deco
+
+    def register(self, app: Flask) -> None:
+        for e in self.endpoints:
+            app.add_url_rule(e.rule, endpoint=f"{e.method} {e.path}", view_func=e.view,
+                             methods=[e.method])
+
+    def public_rules(self) -> set[str]:
+        return {e.rule for e in self.endpoints if not e.auth}
+
+    def openapi(self) -> dict[str, Any]:
+        models = {schemas.ErrorOut}
+        for e in self.endpoints:
+            for m in (e.body, e.response):
+                if isinstance(m, type) and issubclass(m, BaseModel):
+                    models.add(m)
+        ordered = sorted(models, key=lambda m: m.__name__)
+        _, defs = models_json_schema(
+            [(m, "serialization") for m in ordered], ref_template="#/components/schemas/{model}"
+        )
+        paths: dict[str, dict[str, Any]] = {}
+        for e in sorted(self.endpoints, key=lambda e: (e.openapi_path, e.method)):
+            op: dict[str, Any] = {
+                "operationId": e.view.__name__, "summary": e.summary, "tags": [e.tag],
+                "parameters": [
+                    {"name": n, "in": "path", "required": True, "schema": {"type": t}}
+                    for n, t in e.path_params()
+                ] + [
+                    {"name": q.name, "in": "query", "required": q.required,
+                     "description": q.description, "schema": {"type": q.type}}
+                    for q in e.query
+                ],
+                "responses": {
+                    str(e.status): _content(e.response, "success"),
+                    "default": _content(schemas.ErrorOut, "an error (hal.errors wire form)"),
+                },
+            }
+            if e.body is not None:
+                op["requestBody"] = {"required": True, **_content(e.body, "")}
+                op["requestBody"].pop("description")
+            if not e.auth:
+                op["security"] = []
+            paths.setdefault(e.openapi_path, {})[e.method.lower()] = op
+        return {
+            "openapi": "3.1.0",
+            "info": {"title": "tinyml-backend", "version": __version__,
+                     "description": "Datasets, training, int8 compiling and deployment "
+                                    "through bridges."},
+            "security": [{"bearer": []}],
+            "paths": paths,
+            "components": {
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                "schemas": defs["$defs"],
+            },
+        }
+
+
+def _content(model: type[BaseModel] | str | None, description: str) -> dict[str, Any]:
+    if model is None:
+        return {"description": description or "no content"}
+    if isinstance(model, str):
+        media, text = MEDIA[model]
+        return {"description": description or text,
+                "content": {media: {"schema": {"type": "string", "format": "binary"}}}}
+    return {"description": description or model.__name__, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+
+
+api = Api()
+
+
+# ------------------------------------------------------------------------------ view helpers
+
+
+def backend():  # -> backend_stub.app.Backend
+    """The app's :class:`~backend_stub.app.Backend` (store, config, job runner)."""
+    return current_app.extensions["tinyml_backend"]
+
+
+def parse_body(model: type[BaseModel]) -> Any:
+    """The JSON body validated against ``model``; ``bad_request`` when it is not a JSON
+    object, ``bad_option`` listing each invalid field otherwise."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise InputError("bad_request", "the body must be a JSON object "
+                                        "(Content-Type: application/json)")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [{"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]}
+                  for e in exc.errors()]
+        raise InputError(
+            "bad_option", "; ".join(f"{e['field']}: {e['problem']}" for e in errors),
+            errors=errors) from None
+
+
+def answer(model: type[BaseModel], data: dict[str, Any], status: int = 200):
+    """Validate ``data`` against the response model and serialise it."""
+    return current_app.response_class(
+        model.model_validate(data).model_dump_json(by_alias=True), status=status,
+        mimetype="application/json")
+
+
+def query_int(name: str, default: int | None = None, *, lo: int | None = None,
+              hi: int | None = None) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InputError("bad_option", f"query parameter {name}={raw!r} is not an integer",
+                         parameter=name) from None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise InputError("bad_option", f"query parameter {name}={value} is outside "
+                                       f"{lo}..{hi}", parameter=name)
+    return value
+
+
+def query_float(name: str, default: float, *, lo: float, hi: float) -> float:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InputError("bad_option", f"query parameter {name}={raw!r} is not a number",
+                         parameter=name) from None
+    if not lo <= value <= hi:
+        raise InputError("bad_option", f"query parameter {name}={value} is outside {lo}..{hi}",
+                         parameter=name)
+    return value
+
+
+def spool_body(limit: int, suffix: str = ".zip") -> Path:
+    """Stream the request body into a temporary file (never into memory), at most ``limit``
+    bytes. The caller deletes the file."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise InputError("payload_too_large",
+                         f"the body has {declared} bytes; the limit is {limit}",
+                         limit=limit, size=declared)
+    fd, name = tempfile.mkstemp(prefix="tinyml-upload-", suffix=suffix)
+    path = Path(name)
+    total = 0
+    try:
+        with open(fd, "wb") as out:
+            stream = request.stream
+            while True:
+                chunk = stream.read(1 << 20)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > limit:
+                    raise InputError("payload_too_large",
+                                     f"the body exceeds the limit of {limit} bytes", limit=limit)
+                out.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    if total == 0:
+        path.unlink(missing_ok=True)
+        raise InputError("bad_request", "the request body is empty; send the file as the body")
+    return path
+
+
+def job_links(kind: str, ident: int) -> dict[str, str]:
+    base = f"/{kind}/{ident}"
+    if kind == "trainings":
+        return {"self": base, "metrics": f"{base}/metrics", "curves": f"{base}/curves.png",
+                "model": f"{base}/model.keras"}
+    return {"self": base, "artifact": f"{base}/model.tflite"}
+
+
+def _load_views() -> None:
+    from backend_stub.web import bridges, datasets, jobs, meta  # noqa: F401  (fill `api`)
+
+
+def register_views(app: Flask) -> None:
+    """Import the view modules (they fill :data:`api`) and register them on ``app``."""
+    _load_views()
+    api.register(app)
+
+
+OPENAPI_FILE = Path(__file__).resolve().parents[1] / "openapi.json"
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route (committed as ``backend_stub/openapi.json``;
+    regenerate with ``tinyml-backend openapi --write``)."""
+    _load_views()
+    return api.openapi()
+
+
+def openapi_text() -> str:
+    import json
+
+    return json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"

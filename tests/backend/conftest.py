@@ -1,0 +1,248 @@
+"""Backend fixtures: a real PostgreSQL cluster (session), apps on SQLite and PostgreSQL, a
+real waitress server, and builders of image zips (good and hostile)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend_stub.config import BackendConfig, DatasetLimits
+
+PG_BIN = Path(os.environ.get("TINYML_PG_BIN", "/usr/lib/postgresql/15/bin"))
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+# ------------------------------------------------------------------------------ PostgreSQL
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PostgresCluster:
+    """A throw-away PostgreSQL cluster owned by the ``postgres`` user (tests run as root,
+    and PostgreSQL refuses to run as root), listening on 127.0.0.1 and a private socket."""
+
+    def __init__(self) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="tinyml-pg-"))
+        self.data = self.base / "data"
+        self.sock = self.base / "sock"
+        self.sock.mkdir()
+        self.port = _free_port()
+        self._as_postgres = os.geteuid() == 0
+        if self._as_postgres:
+            shutil.chown(self.base, "postgres", "postgres")
+            shutil.chown(self.sock, "postgres", "postgres")
+        self._ids = itertools.count(1)
+
+    def _run(self, *argv: str, timeout: float = 60) -> None:
+        cmd = [str(PG_BIN / argv[0]), *argv[1:]]
+        if self._as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed ({proc.returncode}):\n{proc.stdout}\n"
+                               f"{proc.stderr}")
+
+    def start(self) -> None:
+        if not (PG_BIN / "initdb").exists():
+            raise RuntimeError(f"PostgreSQL is not installed ({PG_BIN}/initdb missing); "
+                               "run scripts/setup.sh")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
+                  "--no-sync", "-E", "UTF8")
+        opts = (f"-p {self.port} -k {self.sock} -h 127.0.0.1 -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off")
+        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l",
+                  str(self.base / "server.log"), "-w", "-t", "60", "start", timeout=90)
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def url(self, db: str = "postgres") -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{db}"
+
+    def new_database(self) -> str:
+        """A fresh, empty database; its URL."""
+        import psycopg2
+
+        name = f"t{os.getpid()}_{next(self._ids)}"
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres",
+                                dbname="postgres")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path) -> str:
+    """A fresh database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'backend.sqlite3'}"
+    return request.getfixturevalue("postgres").new_database()
+
+
+# ------------------------------------------------------------------------------ apps
+
+SMALL_LIMITS = DatasetLimits(min_images_per_label=3)
+
+
+def make_config(db_url: str, **overrides) -> BackendConfig:
+    return replace(BackendConfig(database_url=db_url, token=TOKEN, limits=SMALL_LIMITS),
+                   **overrides)
+
+
+@pytest.fixture
+def make_app():
+    """Build apps (closed at teardown): ``make_app(db_url, **config overrides)``."""
+    from backend_stub.app import create_app
+
+    apps = []
+
+    def build(db_url: str, **overrides):
+        app = create_app(make_config(db_url, **overrides))
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        app.extensions["tinyml_backend"].close()
+
+
+@pytest.fixture
+def app(make_app, db_url):
+    return make_app(db_url)
+
+
+@pytest.fixture
+def client(app):
+    """The Flask test client with the bearer token on every request."""
+    c = app.test_client()
+    c.environ_base["HTTP_AUTHORIZATION"] = AUTH["Authorization"]
+    return c
+
+
+@pytest.fixture
+def sqlite_app(make_app, tmp_path):
+    return make_app(f"sqlite:///{tmp_path / 'backend.sqlite3'}")
+
+
+@pytest.fixture
+def sqlite_client(sqlite_app):
+    c = sqlite_app.test_client()
+    c.environ_base["HTTP_AUTHORIZATION"] = AUTH["Authorization"]
+    return c
+
+
+class LiveServer:
+    """An app served by waitress on a real socket, in a thread."""
+
+    def __init__(self, app) -> None:
+        from waitress.server import create_server
+
+        self.app = app
+        self.server = create_server(app, host="127.0.0.1", port=0, threads=4,
+                                    max_request_body_size=1 << 31)
+        self.url = f"http://127.0.0.1:{self.server.effective_port}"
+        self._closing = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.server.run()
+        except OSError:
+            if not self._closing.is_set():  # closing the sockets ends select() with EBADF
+                raise
+
+    def close(self) -> None:
+        self._closing.set()
+        self.server.close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def live_server(sqlite_app) -> Iterator[LiveServer]:
+    server = LiveServer(sqlite_app)
+    yield server
+    server.close()
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def png_bytes(width: int = 16, height: int = 16, seed: int = 0, mode: str = "L",
+              level: int | None = None, fmt: str = "PNG") -> bytes:
+    rng = np.random.default_rng(seed)
+    shape = (height, width) if mode == "L" else (height, width, 3)
+    arr = rng.integers(0, 100, shape, dtype=np.uint8)
+    if level is not None:
+        arr = (arr + level).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode=None).convert(mode).save(buf, fmt)
+    return buf.getvalue()
+
+
+def make_zip(entries: dict[str, bytes], *, attrs: dict[str, int] | None = None,
+             compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip of ``name -> bytes``; ``attrs`` sets an entry's Unix mode (symlinks, devices)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
+        for name, data in entries.items():
+            info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+            info.compress_type = compression
+            mode = (attrs or {}).get(name)
+            info.external_attr = (mode if mode is not None else stat.S_IFREG | 0o644) << 16
+            if mode is not None:
+                info.create_system = 3
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+def dataset_entries(labels=("cat", "dog"), per_label: int = 4, size: int = 16,
+                    prefix: str = "") -> dict[str, bytes]:
+    """``<label>/<n>.png`` images; each label has its own brightness so it can be learnt."""
+    out = {}
+    for k, label in enumerate(labels):
+        for i in range(per_label):
+            out[f"{prefix}{label}/{i:03d}.png"] = png_bytes(size, size, seed=100 * k + i,
+                                                            level=k * 150)
+    return out
+
+
+def upload(client, name: str, entries_or_bytes, **kw):
+    data = entries_or_bytes if isinstance(entries_or_bytes, bytes) else make_zip(
+        entries_or_bytes, **kw)
+    return client.post(f"/datasets?name={name}", data=data, content_type="application/zip")
