@@ -328,6 +328,8 @@ def config_for(
     if not report.outputs:
         raise _bad("model", "the model has no output tensor")
     tensor = report.inputs[0]
+    if not tensor.shape:
+        raise _bad("input_shape", "a scalar input tensor is not supported by the template")
     quantised = tensor.dtype != "float32"
     labels = tuple(request.labels)
     outputs = report.outputs[0].elements
@@ -341,7 +343,7 @@ def config_for(
         arena_bytes=arena_bytes,
         labels=labels,
         input_dtype=tensor.dtype,
-        input_shape=tuple(int(d) for d in tensor.shape) or (1,),
+        input_shape=tuple(int(d) for d in tensor.shape),
         input_scale=float(tensor.scale) if quantised and tensor.scale is not None else None,
         input_zero_point=int(tensor.zero_point)
         if quantised and tensor.zero_point is not None else None,
