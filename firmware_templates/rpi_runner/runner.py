@@ -190,7 +190,7 @@ def stream_records(source: str):
             continue
         try:
             yield parse_record(line), None
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
             yield None, f"bad input record: {exc}"
 
 

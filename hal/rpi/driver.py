@@ -234,6 +234,7 @@ class RpiDriver(Driver):
                    steps: StepRecorder) -> preflight.TargetFacts:
         sub = self._cmd_deadline(deadline, "preflight")
         facts = preflight.probe(self.session, self._python, self.settings.workdir, sha, sub)
+        self._facts = facts
         try:
             preflight.choose_runtime(facts)
         except DeviceError as exc:

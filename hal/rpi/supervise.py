@@ -20,6 +20,23 @@ from hal.rpi.ssh import quote_args
 # How long a stop waits for the runner to exit after SIGTERM before SIGKILL (tenths of s).
 STOP_GRACE_TENTHS = 50
 
+# `alive PID`: the process exists and is not a zombie. `kill -0` is not enough: an exited
+# child stays a zombie until reaped, and some containers' init never reaps orphans.
+ALIVE_FN = (
+    "alive() { [ -n \"$1\" ] && read -r st < /proc/$1/stat 2>/dev/null || return 1; "
+    'case "${st##*) }" in Z*|X*) return 1 ;; esac; return 0; }\n'
+)
+# Follow the log from $OFF while the supervisor $SUP lives; the channel ends when it exits
+# (a crash) or when the host closes the channel (tail dies of SIGPIPE).
+FOLLOW_UNTIL_EXIT = (
+    ALIVE_FN
+    + 'tail -c +$((OFF+1)) -s 0.05 -F "$D/runner.log" 2>/dev/null &\n'
+    "T=$!\n"
+    'while alive "$SUP" && alive "$T"; do sleep 0.03; done\n'
+    "sleep 0.15\n"  # tail's last lines
+    'kill "$T" 2>/dev/null\n'
+)
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -65,15 +82,18 @@ class ProcessSupervisor:
         supervise.sh of this work directory, so a recycled pid is never signalled)."""
         run = quote_args([self.layout.run])
         return (
-            f"RUN={run}\n"
+            ALIVE_FN
+            + f"RUN={run}\n"
             'if [ -f "$RUN/supervisor.pid" ]; then\n'
             '  P=$(cat "$RUN/supervisor.pid")\n'
+            '  R=$(cat "$RUN/runner.pid" 2>/dev/null)\n'
             '  case "$P" in *[!0-9]*|"") P= ;; esac\n'
+            '  case "$R" in *[!0-9]*|"") R=$P ;; esac\n'
             '  if [ -n "$P" ] && tr "\\0" " " < /proc/$P/cmdline 2>/dev/null'
             ' | grep -qF "supervise.sh $RUN "; then\n'
             '    kill -TERM "-$P" 2>/dev/null\n'
             "    i=0\n"
-            f'    while kill -0 "-$P" 2>/dev/null && [ $i -lt {STOP_GRACE_TENTHS} ]; do\n'
+            f'    while {{ alive "$P" || alive "$R"; }} && [ $i -lt {STOP_GRACE_TENTHS} ]; do\n'
             "      sleep 0.02; i=$((i+1)); done\n"
             '    kill -KILL "-$P" 2>/dev/null\n'
             '    echo "stopped $P" >&2\n'
@@ -97,7 +117,7 @@ class ProcessSupervisor:
             " </dev/null >/dev/null 2>&1 &\n"
             "SUP=$!\n"
             'echo "pid $SUP" >&2\n'
-            'exec tail -c +$((OFF+1)) -s 0.05 --pid=$SUP -F "$D/runner.log" 2>/dev/null\n'
+            + FOLLOW_UNTIL_EXIT
         )
 
     def exit_script(self) -> str:
@@ -179,7 +199,7 @@ class SystemdSupervisor:
             f"SUP=$({self._ctl('show', '-p', 'MainPID', '--value', unit)})\n"
             'echo "pid $SUP" >&2\n'
             '[ "$SUP" != 0 ] || exit 0\n'
-            'exec tail -c +$((OFF+1)) -s 0.05 --pid=$SUP -F "$D/runner.log" 2>/dev/null\n'
+            + FOLLOW_UNTIL_EXIT
         )
 
     def exit_script(self) -> str:
