@@ -133,6 +133,21 @@ class SketchConfig:
         size = 4 if self.input_dtype == "float32" else 1
         return len(self.input_vectors) * self.input_elements * size
 
+    @property
+    def extra_flash_bytes(self) -> int:
+        """Flash the sketch needs beyond the model array and the board baseline: test
+        vectors and label strings (for the fit check)."""
+        labels = sum(len(label_wire_text(x)) + 1 + 4 for x in self.labels)  # text + NUL + ptr
+        return self.vector_bytes + labels
+
+    @property
+    def extra_ram_bytes(self) -> int:
+        """Static RAM beyond the arena and the board baseline: the camera build keeps a
+        176x144 frame and a 256-entry pixel table."""
+        if self.input_source != "camera":
+            return 0
+        return 176 * 144 + 256 * (4 if self.input_dtype == "float32" else 1)
+
     def __repr__(self) -> str:  # the model bytes would flood logs
         return (
             f"SketchConfig(sha={self.sha_prefix}, model={len(self.model)} B, ops={self.ops}, "

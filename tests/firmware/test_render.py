@@ -207,3 +207,13 @@ def test_quantisation_uses_scale_and_zero_point():
     zp = config.input_zero_point
     got = [int.from_bytes(b, "little", signed=True) for b in sk.input_tensor_bytes(config)]
     assert got == [zp, zp + round(1.0 / scale), 127, -128]
+
+
+def test_extra_memory_figures_for_the_fit_check():
+    speech = model_config("arduino_micro_speech", vectors=2, labels=("a", "bb", "c", "d"))
+    assert speech.vector_bytes == 2 * 1960
+    assert speech.extra_flash_bytes == 2 * 1960 + (1 + 2 + 1 + 1) + 4 * 5
+    assert speech.extra_ram_bytes == 0
+    camera = model_config("person_detect", source="camera")
+    assert camera.extra_ram_bytes == 176 * 144 + 256
+    assert camera.vector_bytes == 0
