@@ -169,6 +169,7 @@ def health() -> Response:
         "version": bridge.__version__,
         "uptime_s": round(time.monotonic() - rt.started, 3),
         "drivers": rt.driver_tools(),
+        "streams": {"active": rt.streams.active, "limit": rt.streams.limit},
     }
     return json_response(body, model=Health)
 

@@ -40,6 +40,13 @@ class ErrorBody(_Response):
 # ----------------------------------------------------------------------------- health
 
 
+class StreamCount(_Response):
+    """Live streams open now, and the limit (``[server] max_streams``)."""
+
+    active: int
+    limit: int
+
+
 class Health(_Response):
     """Liveness and host facts; the only endpoint that needs no token."""
 
@@ -47,6 +54,9 @@ class Health(_Response):
     version: str
     uptime_s: float
     drivers: dict[str, dict[str, Any]]
+    streams: StreamCount
+
+
 
 
 # ---------------------------------------------------------------------------- devices

@@ -143,10 +143,14 @@ def run(config: BridgeConfig, *, insecure: bool = False, out: TextIO | None = No
         rt.stopping.set()  # ends live streams and ?wait requests within a second
         raise _Stop(0)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    sd_notify(f"READY=1\nSTATUS=listening on {_url(*addresses[0])}\nMAINPID={os.getpid()}")
+    previous: dict[int, Any] = {}
     try:
+        # A signal may arrive anywhere from here on: everything below is inside the try.
         with contextlib.suppress(_Stop):
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, on_signal)
+            sd_notify(f"READY=1\nSTATUS=listening on {_url(*addresses[0])}\n"
+                      f"MAINPID={os.getpid()}")
             server.run()  # returns after _Stop, having shut its worker threads down
     finally:
         sd_notify("STOPPING=1")

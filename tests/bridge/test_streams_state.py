@@ -1,0 +1,150 @@
+"""Ring buffer, subscriber queues and the SQLite state store."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from bridge.state import StateStore
+from bridge.streams import DeviceStream, Subscriber, sse_events
+from hal.errors import HalError
+from hal.protocol import InferenceLine, RawLine
+
+
+def _line(n: int) -> InferenceLine:
+    return InferenceLine(seq=n, latency_us=10, outputs=(0.5,), top=0)
+
+
+def test_ring_keeps_the_most_recent_lines_with_sequence_numbers():
+    stream = DeviceStream("d", capacity=5)
+    for n in range(12):
+        stream.publish(_line(n))
+    recent = stream.recent(100)
+    assert [e.seq for e in recent] == [8, 9, 10, 11, 12]
+    assert stream.recent(2)[-1].line["seq"] == 11
+    assert stream.last_seq == 12
+    assert stream.latest("inference").seq == 12
+    assert stream.latest("boot") is None
+
+
+def test_slow_subscriber_loses_oldest_and_is_told_how_many():
+    stream = DeviceStream("d", capacity=100, queue_capacity=10)
+    slow = stream.subscribe()
+    fast = stream.subscribe()
+    got_fast = []
+    for n in range(25):
+        stream.publish(_line(n))
+        entries, dropped = fast.take(0)
+        assert dropped == 0
+        got_fast.extend(e.seq for e in entries)
+    assert got_fast == list(range(1, 26))  # the subscriber that keeps up loses nothing
+    entries, dropped = slow.take(0)
+    assert dropped == 15
+    assert [e.seq for e in entries] == list(range(16, 26))  # the newest ten
+
+
+def test_resume_after_sequence_and_missed_lines_counted():
+    stream = DeviceStream("d", capacity=5, queue_capacity=100)
+    for n in range(10):
+        stream.publish(_line(n))
+    sub = stream.subscribe(since=7)
+    entries, dropped = sub.take(0)
+    assert [e.seq for e in entries] == [8, 9, 10] and dropped == 0
+    sub2 = stream.subscribe(since=2)  # 3..5 are gone from the ring buffer
+    entries, dropped = sub2.take(0)
+    assert [e.seq for e in entries] == [6, 7, 8, 9, 10] and dropped == 3
+    sub3 = stream.subscribe(since=999)  # from a previous bridge run: start from now
+    assert sub3.take(0) == ([], 0)
+    stream.publish(RawLine(text="x"))
+    assert [e.seq for e in sub3.take(0)[0]] == [11]
+
+
+def test_sse_events_format_and_unsubscribe_on_close():
+    stream = DeviceStream("d", capacity=10, queue_capacity=2)
+    sub = stream.subscribe()
+    gen = sse_events(stream, sub, ping_s=0.05, poll_s=0.01)
+    assert next(gen).startswith(b"retry:")
+    for n in range(3):
+        stream.publish(_line(n))
+    chunk = next(gen).decode()
+    assert chunk.startswith('event: dropped\ndata: {"count":1}\n\n')
+    assert "id: 2\nevent: line\ndata: {" in chunk and "id: 3\n" in chunk
+    assert next(gen) == b": ping\n\n"
+    assert stream.subscriber_count == 1
+    gen.close()
+    assert stream.subscriber_count == 0
+
+
+def test_closed_stream_ends_readers():
+    stream = DeviceStream("d")
+    sub = stream.subscribe()
+    done = threading.Event()
+
+    def reader():
+        while sub.take(5) is not None:
+            pass
+        done.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    stream.close()
+    assert done.wait(2)
+    assert stream.subscribe().take(0) is None
+
+
+def test_subscriber_never_blocks_publisher():
+    sub = Subscriber(capacity=3)
+    stream = DeviceStream("d")
+    for n in range(10000):
+        sub.offer(stream.publish(_line(n)))
+    entries, dropped = sub.take(0)
+    assert len(entries) == 3 and dropped == 9997
+
+
+def _job(job_id: str, state: str = "running") -> dict:
+    return {"id": job_id, "device_id": "dev", "state": state, "created_at": "t",
+            "started_at": "t", "finished_at": None, "model_sha256": "ab" * 32,
+            "steps": [{"name": "compile", "status": "started", "started_at": "t",
+                       "finished_at": None, "detail": {}}], "report": None, "error": None}
+
+
+def test_state_survives_reopen_and_marks_interrupted(tmp_path):
+    store = StateStore(tmp_path)
+    store.insert_job(_job("a" * 16))
+    store.insert_job(_job("b" * 16, "succeeded"))
+    store.set_verified_model("dev", "cd" * 32, "2024-01-01T00:00:00Z", "b" * 16)
+    store.close()
+    store = StateStore(tmp_path)
+    assert store.mark_interrupted("now") == ["a" * 16]
+    job = store.get_job("a" * 16)
+    assert job["state"] == "interrupted" and job["error"]["code"] == "interrupted"
+    assert job["error"]["class"] == "infrastructure" and job["finished_at"] == "now"
+    assert store.get_job("b" * 16)["state"] == "succeeded"
+    assert store.verified_model("dev")["sha256"] == "cd" * 32
+    assert [j["id"] for j in store.list_jobs()] == ["b" * 16, "a" * 16]
+    store.close()
+
+
+def test_one_bridge_per_state_directory(tmp_path):
+    store = StateStore(tmp_path)
+    with pytest.raises(HalError) as err:
+        StateStore(tmp_path)
+    assert err.value.code == "unavailable"
+    store.close()
+    StateStore(tmp_path).close()
+
+
+def test_history_is_pruned(tmp_path):
+    store = StateStore(tmp_path, history=10)
+    for n in range(30):
+        store.insert_job(_job(f"{n:016x}", "failed"))
+    assert len(store.list_jobs(limit=1000)) == 10
+    store.close()
+
+
+def test_unwritable_state_dir_is_classified(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(HalError) as err:
+        StateStore(blocker / "state")
+    assert err.value.code == "unavailable" and "state directory" in err.value.message
