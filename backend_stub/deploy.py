@@ -105,8 +105,9 @@ class DeploymentRunner:
         finally:
             client.close()
         board = device.get("board") or comp.board
-        if board != comp.board:
-            # Compiled and checked for another board: check this one before anyone flashes.
+        if board != comp.board or params.get("arena_bytes") is not None:
+            # Checked for another board, or with another arena: check again before anyone
+            # flashes anything.
             fit = fit_check(report_from_dict(report["model"]), get_profile(board),
                             params.get("arena_bytes"))
             fit.raise_if_not_fit()

@@ -246,3 +246,57 @@ def upload(client, name: str, entries_or_bytes, **kw):
     data = entries_or_bytes if isinstance(entries_or_bytes, bytes) else make_zip(
         entries_or_bytes, **kw)
     return client.post(f"/datasets?name={name}", data=data, content_type="application/zip")
+
+
+# ------------------------------------------------------------------------------ bridges
+
+BRIDGE_TOKEN = "bridge-token-abcdef0123"
+VIRTUAL_DEVICE = "vnano-1"
+
+
+class RealBridge:
+    """A real ``tinyml-bridge serve --config <tmp> --port 0`` child process with one
+    ``virtual-nano33ble`` device."""
+
+    def __init__(self, work: Path) -> None:
+        from bridge.client import LocalBridge
+
+        work.mkdir(parents=True, exist_ok=True)
+        config = work / "bridge.toml"
+        config.write_text(
+            f'state_dir = "{work / "state"}"\n'
+            "[server]\nhost = \"127.0.0.1\"\nport = 0\n"
+            f'token = "{BRIDGE_TOKEN}"\n'
+            "[discovery]\ndrivers = []\n"
+            f'[[devices]]\nname = "{VIRTUAL_DEVICE}"\ndriver = "virtual-nano33ble"\n',
+            encoding="utf-8",
+        )
+        self.local = LocalBridge(config, log_path=work / "bridge.log")
+        self.url = self.local.start()
+        self.pid = self.local.pid
+        self._wait_connected()
+
+    def _wait_connected(self, timeout: float = 20.0) -> None:
+        import time
+
+        import requests
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            r = requests.get(f"{self.url}/devices/{VIRTUAL_DEVICE}", timeout=5,
+                             headers={"Authorization": f"Bearer {BRIDGE_TOKEN}"})
+            if r.status_code == 200 and r.json().get("connected"):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the virtual board never connected:\n" +
+                           "\n".join(list(self.local.output)[-30:]))
+
+    def stop(self) -> int:
+        return self.local.stop(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def real_bridge(tmp_path_factory) -> Iterator[RealBridge]:
+    bridge = RealBridge(tmp_path_factory.mktemp("bridge"))
+    yield bridge
+    bridge.stop()
