@@ -153,17 +153,18 @@ def devices() -> Response:
         except HalError:
             product = str(info.get("board") or slot.driver_name)
         out.append({
-            "manufacturer": str(detail.get("manufacturer") or _manufacturer(slot.driver_name)),
+            "manufacturer": str(detail.get("manufacturer")
+                                or _manufacturer(str(info.get("board") or slot.driver.board))),
             "product": str(detail.get("product") or product),
             "serial": str(info.get("serial_number") or slot.id),
         })
     return json_response({"devices": out}, model=LegacyDevices)
 
 
-def _manufacturer(driver: str) -> str:
-    if "nano33ble" in driver:
+def _manufacturer(board: str) -> str:
+    if board.startswith("nano33ble"):
         return "Arduino"
-    if driver.startswith("rpi"):
+    if board.startswith("rpi"):
         return "Raspberry Pi"
     return "unknown"
 
