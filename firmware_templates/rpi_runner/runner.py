@@ -37,6 +37,8 @@ EXIT_BAD_SETTINGS = 2
 EXIT_RUNTIME_MISSING = 3
 EXIT_LOAD_FAILED = 4
 EXIT_SCHEMA = 5
+# A 512-byte line holds at most ~120 outputs ("0," each); more are cut by the protocol anyway.
+MAX_OUTPUTS = 128
 
 _stop = threading.Event()
 
@@ -280,9 +282,11 @@ def main(argv: list[str]) -> int:
         out = quant_out.from_tensor(raw)
         top = int(np.argmax(out)) if out.size else 0
         label = labels[top] if top < len(labels) else ""
+        # protocol.format_line drops trailing outputs one by one until the line fits; hand it
+        # at most what can fit so that a model with thousands of outputs stays cheap.
         emit(protocol.InferenceLine(seq=count, latency_us=int(latency_us),
-                                    outputs=tuple(float(v) for v in out), top=top,
-                                    label=label))
+                                    outputs=tuple(float(v) for v in out[:MAX_OUTPUTS]),
+                                    top=top, label=label))
         count += 1
 
     if source == "vectors":

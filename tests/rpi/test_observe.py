@@ -37,7 +37,7 @@ def test_follow_resumes_after_drops_without_duplicates_or_gaps(make_driver, sshd
             assert wait_for(lambda: len(got) > 30, 10)
             before = len(got)
             assert sshd.cut_connections() > 0
-            assert wait_for(lambda: len(got) > before + 30, 15)
+            assert wait_for(lambda b=before: len(got) > b + 30, 15)
         time.sleep(0.3)
     finally:
         follower.stop()
