@@ -180,7 +180,8 @@ class JobManager:
 
         def progress(name: str, status: str, detail: dict) -> None:
             job.progress(name, status, detail)
-            log.info("job=%s device=%s step=%s %s", job.id, slot.id, name, status)
+            # hal already logs each step with the device id; this line adds the job id.
+            log.debug("job=%s device=%s step=%s %s", job.id, slot.id, name, status)
             self._save(job)
 
         report = error = None

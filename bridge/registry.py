@@ -43,15 +43,23 @@ class DeviceSlot:
         self.last_outcome: str | None = None  # state of the last finished job
         self.last_error: dict[str, Any] | None = None
         self.observing = False
+        self._observe_error = False
 
     # Called from the driver's observation thread.
     def on_line(self, line: DeviceLine) -> None:
         self.stream.publish(line)
+        if self._observe_error:
+            # The device talks again: the port trouble is over.
+            self._observe_error = False
+            if self.last_error is not None and self.last_error.get("source") == "observe":
+                self.last_error = None
+            log.info("device=%s observation resumed", self.id)
         if isinstance(line, ErrorLine):
             log.info("device=%s error line code=%s", self.id, line.code)
 
     def on_error(self, error: HalError) -> None:
-        self.last_error = {**error.to_dict(), "at": utc_now()}
+        self._observe_error = True
+        self.last_error = {**error.to_dict(), "at": utc_now(), "source": "observe"}
         log.warning("device=%s observation error %s: %s", self.id, error.code, error.message)
 
     def info(self) -> dict[str, Any]:

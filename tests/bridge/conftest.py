@@ -23,6 +23,8 @@ from bridge.config import parse_config
 from bridge.server import LISTENING_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
+# A real TFLM example (int8 sine model, 2.7 KB) for installs on the virtual board.
+TFLM_MODEL = REPO / "tests" / "data" / "tflm-examples" / "hello_world_int8.tflite"
 TOKEN = "test-token-0123456789abcdef"
 
 FAKE_DEVICES = """
@@ -50,6 +52,20 @@ def config_text(state_dir: Path, devices: str = FAKE_DEVICES, *, token: str | No
     token_line = f'token = "{token}"' if token else ""
     return (f'state_dir = "{state_dir}"\n[server]\nport = 0\n{token_line}\n'
             f"[discovery]\ndrivers = []\n{extra}\n{devices}")
+
+
+def sse_iter(resp: requests.Response) -> Iterator[dict]:
+    """Server-Sent Events of a streaming response, as dicts of their fields (comments and the
+    initial ``retry:`` advice skipped)."""
+    current: dict = {}
+    for raw in resp.iter_lines(decode_unicode=True):
+        if raw == "":
+            if "event" in current:
+                yield current
+            current = {}
+        elif not raw.startswith(":"):
+            field, _, value = raw.partition(": ")
+            current[field] = value
 
 
 class BridgeProcess:

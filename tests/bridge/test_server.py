@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.bridge.conftest import REPO, TOKEN, BridgeProcess, config_text
+from tests.bridge.conftest import REPO, TOKEN, BridgeProcess, config_text, sse_iter
 
 MODEL = b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 8
 
@@ -31,24 +31,13 @@ def wait_state(bridge: BridgeProcess, job_id: str, timeout: float = 15) -> dict:
 
 
 def read_events(resp: requests.Response, count: int, timeout: float = 10) -> list[dict]:
-    """Parse ``count`` SSE events (line or dropped) from a streaming response."""
-    events, current = [], {}
+    """The next ``count`` SSE events (line or dropped) of a streaming response."""
+    events = []
     end = time.monotonic() + timeout
-    for raw in resp.iter_lines(decode_unicode=True):
-        if time.monotonic() > end:
+    for event in sse_iter(resp):
+        events.append(event)
+        if len(events) >= count or time.monotonic() > end:
             break
-        if raw == "":
-            if "event" in current:  # skip the initial "retry:" advice
-                events.append(current)
-            if current:
-                current = {}
-                if len(events) >= count:
-                    break
-            continue
-        if raw.startswith(":"):
-            continue
-        field, _, value = raw.partition(": ")
-        current[field] = value
     return events
 
 
