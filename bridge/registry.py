@@ -211,11 +211,10 @@ class DeviceRegistry:
         return added
 
     def _known(self, driver_name: str, item: Discovered) -> bool:
+        # Any driver: a board configured as e.g. virtual-nano33ble is not also a nano33ble.
         if item.id in self._slots:
             return True
         for slot in self._slots.values():
-            if slot.driver_name != driver_name:
-                continue
             for key in _IDENTITY_KEYS:
                 value = item.settings.get(key)
                 if value is not None and slot.settings.get(key) == value:

@@ -212,10 +212,31 @@ def test_restart_marks_cut_off_job_interrupted_and_keeps_history(tmp_path, start
 def test_sigterm_cancels_running_job_and_exits_zero(start_bridge):
     bridge = start_bridge()
     job = bridge.post("/devices/fake2/install", files=files()).json()
+    stream = bridge.get("/devices/fake1/stream", stream=True)
+    waiter = requests.Session()
+    waiter.headers["Authorization"] = f"Bearer {TOKEN}"
+    import threading
+
+    waited: dict = {}
+
+    def wait_job() -> None:  # a client blocked in ?wait must not hold the shutdown up
+        try:
+            waited["resp"] = waiter.get(f"{bridge.url}/jobs/{job['id']}?wait=600", timeout=30)
+        except requests.RequestException as exc:
+            waited["error"] = exc
+
+    thread = threading.Thread(target=wait_job)
+    thread.start()
     time.sleep(0.3)
+    assert read_events(stream, 1)
     started = time.monotonic()
     assert bridge.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 10
+    thread.join(10)
+    assert not thread.is_alive()
+    # The stream ended instead of hanging.
+    rest = list(sse_iter(stream))
+    assert all(e["event"] == "line" for e in rest)
     assert f"job={job['id']} device=fake2 cancelled for shutdown" in bridge.log()
     again = start_bridge()
     state = again.get(f"/jobs/{job['id']}").json()["state"]
