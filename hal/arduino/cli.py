@@ -22,12 +22,15 @@ again and only the model file changes between installs (arduino-cli's cache stay
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import shutil
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -721,6 +724,89 @@ class BuildSlot:
         tmp = self._record_path().with_suffix(".tmp")
         tmp.write_text(json.dumps(record, sort_keys=True))
         os.replace(tmp, self._record_path())
+
+
+    # -- sharing between devices ------------------------------------------------------
+    # Boards of one kind running one model need one build: the first device to compile a key
+    # publishes its image, the others (in parallel: after waiting on the key's lock) adopt it.
+
+    SHARED_KEEP = 20  # newest shared builds kept per board and template
+
+    def _shared_root(self) -> Path:
+        # <root>/shared/<board>/<template>: outside every device's folder
+        return self.dir.parents[2] / "shared" / self.dir.parents[1].name / self.dir.name
+
+    @staticmethod
+    def key_id(key: dict[str, Any]) -> str:
+        """A short, stable name for a build key."""
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+    def _outputs(self, directory: Path) -> list[Path]:
+        return sorted(p for p in directory.glob(f"{self.sketch_name}.ino.*") if p.is_file()
+                      and not p.name.endswith(".tmp"))
+
+    @contextlib.contextmanager
+    def shared_lock(self, key: dict[str, Any], deadline: Deadline) -> Iterator[None]:
+        """Hold the key's lock (a file lock, so other processes are excluded too), waiting
+        within ``deadline``; raises timeout / cancelled like every wait."""
+        root = self._shared_root()
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / f"{self.key_id(key)}.lock", "a+b") as fh:
+            while True:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if deadline.wait(0.05) or deadline.expired:
+                        deadline.check()
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def adopt_shared(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        """Copy another device's finished build of ``key`` into this slot; its record, or
+        None when there is none."""
+        src = self._shared_root() / self.key_id(key)
+        try:
+            record = json.loads((src / self.RECORD).read_text())
+        except (OSError, ValueError):
+            return None
+        files = self._outputs(src)
+        if not isinstance(record, dict) or record.get("key") != key or not any(
+                f.name.endswith(".bin") for f in files):
+            return None
+        self.invalidate()
+        for f in files:
+            tmp = self.build_path / f"{f.name}.tmp"
+            shutil.copyfile(f, tmp)
+            os.replace(tmp, self.build_path / f.name)
+        self.save(key, result_from_record(record))
+        return record
+
+    def publish(self, key: dict[str, Any]) -> None:
+        """Offer this slot's build of ``key`` to other devices (never raises: sharing is an
+        optimisation)."""
+        try:
+            root = self._shared_root()
+            dest = root / self.key_id(key)
+            tmp = root / f".{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for f in self._outputs(self.build_path):
+                shutil.copyfile(f, tmp / f.name)
+            shutil.copyfile(self._record_path(), tmp / self.RECORD)
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(tmp, dest)
+            entries = sorted((p for p in root.iterdir() if p.is_dir()
+                              and not p.name.startswith(".")),
+                             key=lambda p: p.stat().st_mtime, reverse=True)
+            for old in entries[self.SHARED_KEEP:]:
+                shutil.rmtree(old, ignore_errors=True)
+                with contextlib.suppress(FileNotFoundError):
+                    (root / f"{old.name}.lock").unlink()
+        except OSError as exc:
+            log.warning("could not share build %s: %s", self.key_id(key), exc)
 
 
 def result_from_record(record: dict[str, Any]) -> CompileResult:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 ENV_VIRTUAL_PORTS = "TINYML_VIRTUAL_PORTS"
 _MAX_RECORD_BYTES = 4096
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
 @dataclass(frozen=True)
@@ -84,11 +86,15 @@ def _pid_alive(pid: object) -> bool:
     return state != b"Z"
 
 
-def read_virtual_ports(directory: Path) -> list[PortInfo]:
-    """Every valid, live record in ``directory`` (malformed or oversized records skipped)."""
+def read_virtual_ports(directory: Path, serial_number: str | None = None) -> list[PortInfo]:
+    """Every valid, live record in ``directory`` (malformed or oversized records skipped);
+    only ``<serial_number>.json`` when a serial number is given (the fast path of lookups)."""
     out = []
     try:
-        entries = sorted(directory.glob("*.json"))
+        if serial_number is not None and _SAFE_NAME.match(serial_number):
+            entries = [directory / f"{serial_number}.json"]
+        else:
+            entries = sorted(directory.glob("*.json"))
     except OSError:
         return []
     for path in entries:
@@ -147,6 +153,7 @@ def list_boards(
     *,
     include_usb: bool = True,
     include_bootloader: bool = True,
+    serial_number: str | None = None,
 ) -> list[PortInfo]:
     """Attached Nano 33 BLE ports (sketch PIDs, and bootloader PIDs unless excluded)."""
     profile = get_profile("nano33ble")
@@ -161,8 +168,9 @@ def list_boards(
             log.warning("listing USB serial ports failed: %s", exc)
     directory = virtual_ports_dir(virtual_dir)
     if directory is not None:
-        ports += read_virtual_ports(directory)
-    return [p for p in ports if p.vid == profile.usb_vid and p.pid in pids]
+        ports += read_virtual_ports(directory, serial_number)
+    return [p for p in ports if p.vid == profile.usb_vid and p.pid in pids
+            and (serial_number is None or p.serial_number == serial_number)]
 
 
 def find_board(
@@ -173,8 +181,8 @@ def find_board(
     include_usb: bool = True,
 ) -> PortInfo | None:
     """The port of the board with ``serial_number`` (in ``mode`` unless None), or None."""
-    for port in list_boards(virtual_dir, include_usb=include_usb):
-        if port.serial_number == serial_number and (mode is None or port.mode == mode):
+    for port in list_boards(virtual_dir, include_usb=include_usb, serial_number=serial_number):
+        if mode is None or port.mode == mode:
             return port
     return None
 

@@ -374,24 +374,34 @@ class Nano33BleDriver(Driver):
             "sketch_sha256": slot.sketch_digest(),
             "tool": cli.describe(),
         }
+        compiled = False
         record = slot.cached(key)
         if record is not None:
             result = result_from_record(record)
             steps.skip(STEP_COMPILE, "identical model, board and template already built",
                        build_path=str(slot.build_path), **result.sizes())
-            compiled = False
         else:
-            slot.invalidate()
-            with steps.step(STEP_COMPILE, build_path=str(slot.build_path)) as info:
-                result = cli.compile(
-                    slot.sketch_dir, self.fqbn, slot.build_path,
-                    deadline.sub(self.settings.compile_timeout_s, f"compile for {self.device_id}"),
-                    build_cache_path=self._build_root() / "core-cache",
-                    on_line=self._tool_line("compile"),
-                )
-                info.update(result.sizes())
-            slot.save(key, result)
-            compiled = True
+            with slot.shared_lock(key, deadline):
+                record = slot.adopt_shared(key)
+                if record is not None:
+                    result = result_from_record(record)
+                    steps.skip(STEP_COMPILE, "identical model, board and template already "
+                               "built for another board", build_path=str(slot.build_path),
+                               **result.sizes())
+                else:
+                    slot.invalidate()
+                    with steps.step(STEP_COMPILE, build_path=str(slot.build_path)) as info:
+                        result = cli.compile(
+                            slot.sketch_dir, self.fqbn, slot.build_path,
+                            deadline.sub(self.settings.compile_timeout_s,
+                                         f"compile for {self.device_id}"),
+                            build_cache_path=self._build_root() / "core-cache",
+                            on_line=self._tool_line("compile"),
+                        )
+                        info.update(result.sizes())
+                    slot.save(key, result)
+                    slot.publish(key)
+                    compiled = True
         with steps.step(STEP_FIT_BUILD) as info:
             info.update(check_build(result, profile))
         # The last point where a cancel leaves the board untouched.

@@ -55,6 +55,9 @@ TFLM_FLASH = 46_000
 TFLM_RAM = 6_200
 FLASH_PER_OP = 1_800
 PAGE = 4096
+VID = 0x2341
+PIDS_SKETCH = (0x805A, 0x015A, 0x025A)  # as in hal/boards.toml
+PIDS_BOOT = (0x005A,)
 CHUNK = 4096
 LIBRARY = {"name": "Arduino_TensorFlowLite", "version": "1.15.0-ALPHA"}
 PLATFORM = {"id": "arduino:mbed_nano", "version": "4.1.5", "name": "Arduino Mbed OS Nano Boards"}
@@ -271,13 +274,35 @@ def _ports_dir() -> Path | None:
     return Path(text) if text else None
 
 
-def _records() -> list[dict]:
-    from hal.arduino.discovery import read_virtual_ports
+def _read_records(directory: Path, serial: str | None = None) -> list[dict]:
+    """Live port records (the format of :mod:`hal.arduino.discovery`). Read here without
+    importing the library: every upload is a fresh process, and eight of them run at once."""
+    names = [f"{serial}.json"] if serial and "/" not in serial else None
+    paths = [directory / n for n in names] if names else sorted(directory.glob("*.json"))
+    out = []
+    for path in paths:
+        try:
+            rec = json.loads(path.read_text())
+            os.kill(int(rec["owner_pid"]), 0)
+            with open(f"/proc/{int(rec['owner_pid'])}/stat", "rb") as fh:
+                if fh.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                    continue
+            vid, pid = int(rec["vid"]), int(rec["pid"])
+            device, sn = str(rec["device"]), rec.get("serial_number")
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            continue
+        if vid != VID:
+            continue
+        mode = "bootloader" if pid in PIDS_BOOT else "sketch" if pid in PIDS_SKETCH else None
+        if mode:
+            out.append({"device": device, "vid": vid, "pid": pid, "serial_number": sn,
+                        "mode": mode})
+    return out
 
+
+def _records() -> list[dict]:
     directory = _ports_dir()
-    if directory is None:
-        return []
-    return [p.to_dict() for p in read_virtual_ports(directory)]
+    return [] if directory is None else _read_records(directory)
 
 
 def _record_for(address: str) -> dict | None:
@@ -289,9 +314,10 @@ def _record_for(address: str) -> dict | None:
 
 
 def _wait_record(serial: str, mode: str, timeout_s: float) -> dict | None:
+    directory = _ports_dir()
     end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        for rec in _records():
+    while time.monotonic() < end and directory is not None:
+        for rec in _read_records(directory, serial):
             if rec["serial_number"] == serial and rec["mode"] == mode:
                 return rec
         time.sleep(0.02)
@@ -356,8 +382,10 @@ class _Boot:
         self.ser = serial.Serial(device, 921600, timeout=5.0, write_timeout=5.0)
         self.ser.reset_input_buffer()
 
-    def cmd(self, line: str, payload: bytes = b"") -> str:
+    def cmd(self, line: str, payload: bytes = b"", answer: bool = True) -> str:
         self.ser.write(line.encode() + b"\n" + payload)
+        if not answer:
+            return ""
         reply = self.ser.readline().decode("ascii", "replace").strip()
         if not reply:
             raise OSError("no answer from the bootloader")
@@ -448,7 +476,9 @@ def cmd_upload(args) -> int:
 
             link.cmd(f"DONE {len(data)} {hashlib.sha256(data).hexdigest()}")
             say(f"\nDone in {time.monotonic() - t0:.3f} seconds")
-            link.cmd("RESET")
+            # like bossac -R: the board resets at once; its answer may be lost
+            with contextlib.suppress(OSError):
+                link.cmd("RESET")
         finally:
             link.close()
     except Exception as exc:  # the board vanished or refused: bossac's failure

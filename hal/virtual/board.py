@@ -212,6 +212,7 @@ class VirtualBoard:
         self.ports_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._rng = random.Random(serial_number)
+        self._warm: subprocess.Popen | None = None
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -239,6 +240,12 @@ class VirtualBoard:
     # -- main loop ------------------------------------------------------------------------
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            self._drop_warm()
+
+    def _run(self) -> int:
         while not self._should_stop():
             self._sketch_mode()
             if self._should_stop():
@@ -252,17 +259,41 @@ class VirtualBoard:
 
     # -- sketch ---------------------------------------------------------------------------
 
-    def _start_mcu(self) -> subprocess.Popen | None:
-        if self.fault == "never_boot" or not self.flash_path.exists():
-            return None
+    def _spawn_mcu(self) -> subprocess.Popen:
+        """An MCU process that has already imported the interpreter and waits for the image
+        path on stdin: the import is Python's cost, not the board's, so it is paid ahead."""
         # Periods come from the compiled sketch configuration, as on the real board.
-        argv = [sys.executable, "-m", "hal.virtual.mcu", str(self.flash_path)]
+        argv = [sys.executable, "-m", "hal.virtual.mcu", "--warm"]
         if self.fault == "flood":
             argv.append("--flood")
         return subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.PIPE,
             preexec_fn=_set_pdeathsig,
         )
+
+    def _start_mcu(self) -> subprocess.Popen | None:
+        if self.fault == "never_boot" or not self.flash_path.exists():
+            return None
+        mcu = self._warm if self._warm is not None and self._warm.poll() is None \
+            else self._spawn_mcu()
+        self._warm = None
+        try:
+            mcu.stdin.write(f"{self.flash_path}\n".encode())
+            mcu.stdin.close()
+        except BrokenPipeError:
+            pass
+        return mcu
+
+    def _prepare_next_mcu(self) -> None:
+        if self.fault != "never_boot" and (self._warm is None or self._warm.poll() is not None):
+            self._warm = self._spawn_mcu()
+
+    def _drop_warm(self) -> None:
+        if self._warm is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._warm.kill()
+            self._warm.wait()
+            self._warm = None
 
     def _garbage(self) -> list[bytes]:
         """Garbage bytes, then a UTF-8 sequence split across two writes, each ending its own
@@ -278,6 +309,8 @@ class VirtualBoard:
         if self.fault == "permission_denied":
             os.chmod(port.slave_path, 0)
         mcu = self._start_mcu()
+        # The MCU for the boot after the next upload is prepared once things are quiet.
+        warm_at = time.monotonic() + 2.0
         out_fd = mcu.stdout.fileno() if mcu else None
         if out_fd is not None:
             os.set_blocking(out_fd, False)
@@ -289,6 +322,9 @@ class VirtualBoard:
                 if port.touched():
                     log.info("sn=%s 1200-bps touch", self.serial_number)
                     return
+                if warm_at and time.monotonic() >= warm_at:
+                    warm_at = 0.0
+                    self._prepare_next_mcu()
                 # A hung-up master (no host) always polls readable: watch it only while a
                 # host has the port open.
                 fds = [port.master] if port.host_connected() else []
@@ -411,7 +447,10 @@ class VirtualBoard:
                             port.write_all(b"OK\n")
                     elif op == "RESET":
                         port.write_all(b"OK\n")
-                        time.sleep(0.01)
+                        # let the host read the answer and close (at most 0.5 s), then reset
+                        end = time.monotonic() + 0.5
+                        while port.host_connected() and time.monotonic() < end:
+                            time.sleep(0.005)
                         return
                     else:
                         port.write_all(b"ERR unknown command\n")

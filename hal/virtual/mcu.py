@@ -143,10 +143,23 @@ def run(image_path: str, flood: bool = False) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the MCU child process (``python -m hal.virtual.mcu IMAGE``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("image")
+    parser.add_argument("image", nargs="?", default="")
     parser.add_argument("--flood", action="store_true")
+    parser.add_argument("--warm", action="store_true",
+                        help="import the interpreter first, then read the image path from "
+                        "stdin (so a flashed board boots in milliseconds, like real silicon)")
     args = parser.parse_args(argv)
     try:
+        if args.warm:
+            import numpy  # noqa: F401
+            from tflite_micro.python.tflite_micro import runtime  # noqa: F401
+
+            from hal.arduino import sketch  # noqa: F401
+
+            path = sys.stdin.readline().strip()
+            if not path:
+                return 0  # the board did not need us
+            return run(path, args.flood)
         return run(args.image, args.flood)
     except (BrokenPipeError, KeyboardInterrupt):
         return 0

@@ -379,3 +379,16 @@ def test_unavailable_board_is_infra_error(make_driver, monkeypatch):
     monkeypatch.setattr(driver, "_start_board", lambda: None)
     with pytest.raises((InfraError, DeviceError)):
         driver.install(InstallRequest(model=SPEECH), Deadline(30))
+
+
+def test_identical_model_on_two_boards_compiles_once(make_driver, compiles):
+    a, b = make_driver("fleet-a"), make_driver("fleet-b")
+    progress = []
+    first = a.install(InstallRequest(model=SPEECH), Deadline(60))
+    second = b.install(InstallRequest(model=SPEECH), Deadline(60),
+                       lambda step, status, detail: progress.append((step, status, detail)))
+    assert first.compiled and not second.compiled
+    assert compiles() == 1
+    skipped = [d for s, st, d in progress if s == "compile" and st == "skipped"]
+    assert "another board" in skipped[0]["reason"]
+    assert flashed_sha(b) == sha(SPEECH)
