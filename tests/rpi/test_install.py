@@ -357,7 +357,7 @@ def test_stdin_source_under_supervision(make_driver):
     rep = drv.install(sine_request(), Deadline(60))
     assert rep.detail["confirm"]["kind"] == "status"
     fifo = f"{drv._facts.workdir}/run/input"
-    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    fd = os.open(fifo, os.O_WRONLY)  # the runner holds the read end open
     os.write(fd, b"[1.5707]\n[oops\n")
     os.close(fd)
     from hal.protocol import parse_line
@@ -365,8 +365,9 @@ def test_stdin_source_under_supervision(make_driver):
     def lines():
         return [parse_line(x) for x in log_of(drv, rep.model_sha256)]
 
-    assert wait_for(lambda: any(isinstance(x, InferenceLine) for x in lines()), 10)
+    assert wait_for(lambda: any(isinstance(x, InferenceLine) for x in lines()), 20), lines()
     inf = next(x for x in lines() if isinstance(x, InferenceLine))
-    assert inf.outputs[0] == pytest.approx(1.0, abs=0.05)
-    assert any(x.kind == "error" and x.code == "bad_input" for x in lines())
+    assert inf.outputs[0] == pytest.approx(1.0, abs=0.05), lines()
+    assert wait_for(lambda: any(x.kind == "error" and x.code == "bad_input"
+                                for x in lines()), 20), lines()
     assert any(isinstance(x, StatusLine) for x in lines())
