@@ -91,7 +91,7 @@ class BridgeProcess:
 
     def start(self, timeout: float = 20.0) -> BridgeProcess:
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith("TINYML_BRIDGE_") and k != "NOTIFY_SOCKET"}
+               if not k.startswith("TINYML_") and k != "NOTIFY_SOCKET"}
         env.update(self.env)
         self.stderr_path = self.workdir / f"bridge-{time.monotonic_ns()}.log"
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115

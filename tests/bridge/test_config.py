@@ -149,3 +149,20 @@ def load_config_error(path) -> HalError:
                                        ("192.168.1.2", False), ("example.com", False)])
 def test_loopback(host, loop):
     assert is_loopback_host(host) is loop
+
+
+def test_example_device_tables_are_valid_when_uncommented():
+    """The commented [[devices]] examples must stay valid for their drivers."""
+    out, inside = [], False
+    for line in EXAMPLE.read_text().splitlines():
+        if line.startswith("# example:"):
+            inside = True
+        elif inside and line.startswith("# "):
+            line = line[2:]
+        elif not line.startswith("#"):
+            inside = False
+        out.append(line)
+    config = parse_config("\n".join(out), "example")
+    assert [(d.name, d.driver) for d in config.devices] == [
+        ("bench-nano", "nano33ble"), ("pi-kitchen", "rpi"), ("virtual-1", "virtual-nano33ble")]
+    assert all(settings for _, settings in config.device_settings())

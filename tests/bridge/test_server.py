@@ -62,6 +62,22 @@ def test_serve_port_zero_health_auth_and_logs(start_bridge):
     assert TOKEN not in log and "Traceback" not in log
 
 
+def test_default_usb_discovery_runs_without_boards(tmp_path):
+    # The default [discovery] scans for Nano 33 BLE boards every 2 s; with none attached the
+    # bridge lists nothing and reports whether the nano33ble tools are there.
+    text = f'state_dir = "{tmp_path / "state"}"\n[server]\nport = 0\n'
+    bridge = BridgeProcess(tmp_path, text, token=None).start()
+    try:
+        time.sleep(0.5)
+        devices = bridge.get("/devices").json()["devices"]
+        assert all(d["driver"] == "nano33ble" for d in devices)  # none, unless one is plugged
+        health = bridge.get("/health").json()
+        assert isinstance(health["drivers"]["nano33ble"]["available"], bool)
+    finally:
+        assert bridge.stop() == 0
+    assert "Traceback" not in bridge.log()
+
+
 def test_refuses_public_address_without_token(tmp_path):
     text = config_text(tmp_path / "state", token=None)
     proc = BridgeProcess(tmp_path, text, token=None, args=("--host", "0.0.0.0"))
