@@ -100,7 +100,9 @@ def test_legacy_install_reports_a_silent_board_as_failure(vbridge):
 
 def test_busy_and_cancel_kill_the_compile(vbridge):
     model = TFLM_MODEL.read_bytes()
-    first = vbridge.post("/devices/vslow/install", files=upload(model, arena_bytes=8192))
+    # Labels no other test uses: a cached build (shared between boards) would skip the compile.
+    first = vbridge.post("/devices/vslow/install",
+                         files=upload(model, arena_bytes=8192, labels=["cancel-me"]))
     assert first.status_code == 202
     job = first.json()
     busy = vbridge.post("/devices/vslow/install", files=upload(model))
@@ -111,6 +113,7 @@ def test_busy_and_cancel_kill_the_compile(vbridge):
         if any(s["name"] == "compile" and s["status"] == "started" for s in live["steps"]):
             break
         time.sleep(0.05)
+    assert live["state"] == "running", live
     started = time.monotonic()
     assert vbridge.delete(f"/jobs/{job['id']}").status_code == 202
     ended = vbridge.get(f"/jobs/{job['id']}?wait=20").json()
@@ -124,7 +127,8 @@ def test_restart_during_install_shows_interrupted(tmp_path):
     text = config_text(tmp_path / "state", devices)
     bridge = BridgeProcess(tmp_path, text, fake=False).start()
     job = bridge.post("/devices/vslow/install",
-                      files=upload(TFLM_MODEL.read_bytes(), arena_bytes=8192)).json()
+                      files=upload(TFLM_MODEL.read_bytes(), arena_bytes=8192,
+                                   labels=["restart-me"])).json()
     time.sleep(1.0)
     bridge.kill()
     again = BridgeProcess(tmp_path, text, fake=False).start()
