@@ -35,6 +35,7 @@ class BoardProfile:
     baseline_ram_bytes: int = 0
     ram_reserve_bytes: int = 0
     arena_margin: float = 0.0
+    arena_min_headroom_bytes: int = 0
     requires_int8: bool = False
     usb_vid: int | None = None
     usb_pids_sketch: tuple[int, ...] = ()
@@ -44,8 +45,10 @@ class BoardProfile:
     runtimes: tuple[str, ...] = ()
 
     def arena_for(self, estimate_bytes: int) -> int:
-        """The arena to compile in: the estimate plus this board's margin, 16-byte aligned."""
-        return int(math.ceil(estimate_bytes * (1 + self.arena_margin) / 16.0) * 16)
+        """The arena to compile in: the estimate plus this board's margin (at least
+        ``arena_min_headroom_bytes``), rounded up to 16 bytes."""
+        headroom = max(estimate_bytes * self.arena_margin, self.arena_min_headroom_bytes)
+        return int(math.ceil((estimate_bytes + headroom) / 16.0) * 16)
 
 
 @cache

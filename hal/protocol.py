@@ -176,9 +176,25 @@ def format_line(line: DeviceLine) -> str:
             "label": line.label[:48],
         }
         # Many-class models: keep as many leading outputs as fit and say how many were cut.
-        while len(json.dumps(obj, separators=(",", ":"))) + 1 > MAX_LINE_BYTES and obj["out"]:
-            obj["out"] = obj["out"][:-1]
-            obj["cut"] = len(line.outputs) - len(obj["out"])
+        # The length grows with every kept output, so a binary search finds the most that fit.
+        outputs = obj["out"]
+
+        def fits(kept: int) -> bool:
+            trial = {**obj, "out": outputs[:kept]}
+            if kept < len(outputs):
+                trial["cut"] = len(outputs) - kept
+            return len(json.dumps(trial, separators=(",", ":"))) + 1 <= MAX_LINE_BYTES
+
+        if not fits(len(outputs)):
+            lo, hi = 0, len(outputs) - 1  # invariant: fits(lo) or lo == 0; not fits(hi + 1)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if fits(mid):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            obj["out"] = outputs[:lo]
+            obj["cut"] = len(outputs) - lo
         return _dump(obj)
     if isinstance(line, ErrorLine):
         # Extra numbers never override the line's own keys, and non-finite floats (which JSON
