@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from bridge.config import BridgeConfig, DeviceConfig, valid_device_id
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 # Setting keys that identify a physical device: a discovered board matching a configured
 # device on one of these is that device, not a new one.
 _IDENTITY_KEYS = ("serial_number", "port", "host")
+INFO_TTL_S = 0.5
 
 
 class DeviceSlot:
@@ -44,6 +46,7 @@ class DeviceSlot:
         self.last_error: dict[str, Any] | None = None
         self.observing = False
         self._observe_error = False
+        self._info_cache: tuple[float, dict[str, Any]] | None = None
 
     # Called from the driver's observation thread.
     def on_line(self, line: DeviceLine) -> None:
@@ -63,15 +66,28 @@ class DeviceSlot:
         log.warning("device=%s observation error %s: %s", self.id, error.code, error.message)
 
     def info(self) -> dict[str, Any]:
-        """The driver's description; a driver that fails here is shown disconnected."""
+        """The driver's description; a driver that fails here is shown disconnected.
+        Cached for :data:`INFO_TTL_S`: a busy listing endpoint must not rescan ports for
+        every request, and half a second is well below what a hot-plug takes anyway."""
+        now = time.monotonic()
+        cached = self._info_cache
+        if cached is not None and now - cached[0] < INFO_TTL_S:
+            return cached[1]
         try:
-            return self.driver.info().to_dict()
+            info = self.driver.info()
+            # Plain attribute reads: dataclasses.asdict deep-copies and costs more than the
+            # port scan itself.
+            data = {"id": info.id, "driver": info.driver, "board": info.board,
+                    "address": info.address, "connected": info.connected,
+                    "serial_number": info.serial_number, "detail": info.detail}
         except Exception as exc:  # a broken driver must not break the listing
             err = as_hal_error(exc)
             log.warning("device=%s info() failed: %s", self.id, err)
-            return {"id": self.id, "driver": self.driver_name, "board": self.driver.board,
+            data = {"id": self.id, "driver": self.driver_name, "board": self.driver.board,
                     "address": "", "connected": False, "serial_number": None,
                     "detail": {"error": err.to_dict()}}
+        self._info_cache = (now, data)
+        return data
 
     def describe(self) -> dict[str, Any]:
         """The API's Device object."""
