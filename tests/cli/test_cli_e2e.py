@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.client import BridgeClient
 from tests.cli.conftest import REPO, Bridge, PtyBoard, run_cli
 
 SHAPES = REPO / "samples" / "models" / "shapes_int8.tflite"
@@ -150,19 +151,28 @@ def test_install_progress_on_a_terminal(bridge: Bridge):
 
 
 def test_no_wait_jobs_and_cancel(bridge: Bridge):
-    proc = run_cli("install", "vnano-slow", str(SHAPES), "--no-wait", "--json",
+    # A model no other test compiles: identical builds are reused, and this one must
+    # really sit in the (30 s) compile when it is cancelled.
+    proc = run_cli("install", "vnano-slow", str(HELLO), "--no-wait", "--json",
                    env=bridge.env())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job_id = json.loads(proc.stdout)["id"]
     # a second install on the busy device is refused, naming the running job
-    proc = run_cli("install", "vnano-slow", str(SHAPES), "--json", env=bridge.env())
+    proc = run_cli("install", "vnano-slow", str(HELLO), "--json", env=bridge.env())
     assert proc.returncode == 1
     err = json.loads(proc.stdout)
     assert err["code"] == "device_busy" and job_id in json.dumps(err["detail"])
     # the job is listed while it runs
     proc = run_cli("jobs", "--device", "vnano-slow", env=bridge.env())
     assert proc.returncode == 0 and job_id in proc.stdout
-    time.sleep(1.0)  # let it reach the (30 s) compile
+    with bridge.client() as client:  # let it reach the (30 s) compile
+        deadline = time.monotonic() + 20
+        running: list[str] = []
+        while running != ["compile"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+            running = [s["name"] for s in client.job(job_id)["steps"]
+                       if s["status"] == "started"]
+    assert running == ["compile"]
     proc = run_cli("cancel", job_id, "--wait", "--wait-timeout", "30", env=bridge.env())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"job {job_id} cancelled" in proc.stdout
@@ -382,3 +392,52 @@ def test_demo_end_to_end():
     assert "error alloc_failed (fit)" in out
     assert "bridge exited with status 0" in out
     assert "demo done" in out
+
+
+def test_follow_survives_a_bridge_restart(tmp_path: Path):
+    """observe --follow resumes after the daemon restarts (same port), says so, and goes on
+    printing the board's new lines."""
+    from bridge.client import LocalBridge
+    from tests.cli.conftest import write_config
+
+    board = PtyBoard()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    token = "restart-token-0123456789"
+    config = write_config(tmp_path / "bridge.toml", tmp_path / "state", token,
+                          f'[[devices]]\nname = "p1"\ndriver = "nano33ble"\n'
+                          f'port = "{board.port}"\n')
+    first = LocalBridge(config, args=("--port", str(port)), log_path=tmp_path / "1.log")
+    first.start()
+    second = None
+    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "observe", "p1", "--follow",
+                             "--lines", "0", "--count", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=Bridge(first, token, config).env(), cwd=REPO)
+    try:
+        assert "following p1" in proc.stderr.readline()
+        board.inference("before")
+        deadline = time.monotonic() + 10
+        with BridgeClient(first.url, token) as client:
+            while not any(r["line"].get("label") == "before"
+                          for r in client.observe("p1", lines=5)["lines"]):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        time.sleep(0.5)  # the stream delivered it
+        assert first.stop(timeout=20) == 0
+        second = LocalBridge(config, args=("--port", str(port)), log_path=tmp_path / "2.log")
+        second.start()
+        # the client reconnects within its back-off; then the board speaks again
+        time.sleep(3)
+        board.inference("after")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        if second is not None:
+            assert second.stop(timeout=20) == 0
+        board.close()
+    assert proc.returncode == 0, err
+    labels = [ln for ln in out.splitlines() if "before" in ln or "after" in ln]
+    assert len(labels) == 2 and "before" in labels[0] and "after" in labels[1], out
+    assert "reconnected after" in err
