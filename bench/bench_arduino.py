@@ -93,7 +93,7 @@ def main() -> int:
         d = build_driver("virtual-nano33ble", "bench-0", FAST, ctx)
         drivers.append(d)
         d.ensure_board(Deadline(20))
-        time.sleep(3.0)  # the virtual board prepares its MCU process (see fresh())
+        time.sleep(3.0)  # the virtual board imports its MCU's interpreter (see fresh())
         # warm the driver's own imports with another model first: a daemon pays them once
         d.install(InstallRequest(model=(MODELS / "hello_world_int8.tflite").read_bytes(),
                                  arena_bytes=3008), Deadline(120))
@@ -125,7 +125,7 @@ def main() -> int:
             drivers.extend(ds)
             for x in ds:
                 x.ensure_board(Deadline(30))
-            # Let the virtual boards settle: each prepares its MCU process (a Python import a
+            # Let the virtual boards settle: each imports its MCU's interpreter (a Python import a
             # real board does not have) a moment after it starts.
             time.sleep(3.0)
             return ds

@@ -4,7 +4,8 @@ It behaves like the real board as the host sees it:
 
 * **sketch mode** (USB PID 0x805a): the port is a pty published under a stable symlink and as a
   port record in the virtual-ports directory (see :mod:`hal.arduino.discovery`); the flashed
-  image runs in a child process (:mod:`hal.virtual.mcu`, the real TFLM interpreter). Like the
+  image runs in a child process (:mod:`hal.virtual.mcu`, the real TFLM interpreter), forked
+  afresh from the board at every reset (the board imports the interpreter once). Like the
   real sketch it waits up to ``--host-wait-s`` for the host to open the port before printing,
   then prints whether or not anyone listens (lines without a listener are lost).
 * **1200-bps touch**: opening the port at 1200 baud (the board polls the pty's termios for
@@ -41,15 +42,18 @@ import json
 import logging
 import os
 import random
+import resource
 import select
 import signal
-import subprocess
 import sys
 import termios
+import threading
 import time
 import tty
 import zlib
 from pathlib import Path
+
+from hal.virtual import mcu as mcu_mod
 
 log = logging.getLogger("hal.virtual.board")
 
@@ -80,10 +84,95 @@ def _set_pdeathsig() -> None:
         pass
 
 
+def _set_name(name: bytes) -> None:
+    """The process name ps and top show (Linux prctl PR_SET_NAME)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)
+    except OSError:
+        pass
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+class _Mcu:
+    """One run of the flashed sketch: a child forked from the board process (which has the
+    interpreter imported), its stdout a pipe to the board. Like a reset, every boot starts
+    from a clean process; a hard fault (TFLM killing the process) ends only this run, and
+    the board goes silent until the next reset."""
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self.pid = pid
+        self.fd = fd
+        self._status: int | None = None
+
+    @classmethod
+    def fork(cls, image_path: str, flood: bool) -> _Mcu:
+        read_fd, write_fd = os.pipe()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the MCU: never return into the board's stack
+            code = 70
+            try:
+                os.close(read_fd)
+                code = _mcu_child(write_fd, image_path, flood, parent)
+            except BaseException:  # a crashed sketch just stops printing
+                code = 70
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        return cls(pid, read_fd)
+
+    def wait(self, block: bool = True) -> int | None:
+        """The child's wait status once it has exited (reaps it); None while it runs."""
+        if self._status is None:
+            try:
+                pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, -1
+            if pid == self.pid:
+                self._status = status
+        return self._status
+
+    def stop(self) -> None:
+        """Power off: kill the run, reap it, close the pipe."""
+        if self._status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.wait()
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+def _mcu_child(out_fd: int, image_path: str, flood: bool, parent: int) -> int:
+    """Body of the forked MCU process: stdout is the pipe to the board, nothing else of the
+    board's (pty, records, signal handlers) stays open."""
+    _set_pdeathsig()
+    if os.getppid() != parent:
+        return 0  # the board is already gone
+    _set_name(b"virtual-mcu")  # tell it apart from the board in ps/top
+    # a TFLM hard fault ends the run without leaving a core file in the board's directory
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(out_fd, 1)
+    os.dup2(null, 2)
+    os.closerange(3, 65536)
+    sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+    return mcu_mod.main([image_path, *(["--flood"] if flood else [])])
 
 
 class _Port:
@@ -212,7 +301,8 @@ class VirtualBoard:
         self.ports_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._rng = random.Random(serial_number)
-        self._warm: subprocess.Popen | None = None
+        self._preload: threading.Thread | None = None
+        self._preload_error = ""
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -240,12 +330,6 @@ class VirtualBoard:
     # -- main loop ------------------------------------------------------------------------
 
     def run(self) -> int:
-        try:
-            return self._run()
-        finally:
-            self._drop_warm()
-
-    def _run(self) -> int:
         while not self._should_stop():
             self._sketch_mode()
             if self._should_stop():
@@ -259,41 +343,34 @@ class VirtualBoard:
 
     # -- sketch ---------------------------------------------------------------------------
 
-    def _spawn_mcu(self) -> subprocess.Popen:
-        """An MCU process that has already imported the interpreter and waits for the image
-        path on stdin: the import is Python's cost, not the board's, so it is paid ahead."""
-        # Periods come from the compiled sketch configuration, as on the real board.
-        argv = [sys.executable, "-m", "hal.virtual.mcu", "--warm"]
-        if self.fault == "flood":
-            argv.append("--flood")
-        return subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.PIPE,
-            preexec_fn=_set_pdeathsig,
-        )
+    def _start_preload(self) -> None:
+        """Import the interpreter in the background, once per board process: every boot is
+        then a fork of this process (milliseconds, like real silicon) instead of a fresh
+        Python paying the numpy / tflite_micro imports on each reset."""
+        if self.fault == "never_boot" or self._preload is not None:
+            return
+        self._preload = threading.Thread(target=self._do_preload, name="mcu-preload",
+                                         daemon=True)
+        self._preload.start()
 
-    def _start_mcu(self) -> subprocess.Popen | None:
-        if self.fault == "never_boot" or not self.flash_path.exists():
-            return None
-        mcu = self._warm if self._warm is not None and self._warm.poll() is None \
-            else self._spawn_mcu()
-        self._warm = None
+    def _do_preload(self) -> None:
         try:
-            mcu.stdin.write(f"{self.flash_path}\n".encode())
-            mcu.stdin.close()
-        except BrokenPipeError:
-            pass
-        return mcu
+            mcu_mod.preload()
+        except BaseException as exc:  # reported when a boot needs it
+            self._preload_error = f"{type(exc).__name__}: {exc}"
 
-    def _prepare_next_mcu(self) -> None:
-        if self.fault != "never_boot" and (self._warm is None or self._warm.poll() is not None):
-            self._warm = self._spawn_mcu()
+    def _preloaded(self) -> bool:
+        """True once the interpreter import has finished (and its thread has exited: a fork
+        must not copy a thread holding the import lock)."""
+        return self._preload is not None and not self._preload.is_alive()
 
-    def _drop_warm(self) -> None:
-        if self._warm is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self._warm.kill()
-            self._warm.wait()
-            self._warm = None
+    def _boot_mcu(self) -> _Mcu | None:
+        """Reset into the flashed sketch: a fresh MCU process forked from the board."""
+        if self._preload_error:
+            log.warning("sn=%s cannot boot: the interpreter did not import (%s): silent",
+                        self.serial_number, self._preload_error)
+            return None
+        return _Mcu.fork(str(self.flash_path), self.fault == "flood")
 
     def _garbage(self) -> list[bytes]:
         """Garbage bytes, then a UTF-8 sequence split across two writes, each ending its own
@@ -308,12 +385,12 @@ class VirtualBoard:
         port = _Port(self, self._sketch_link(), PID_SKETCH)
         if self.fault == "permission_denied":
             os.chmod(port.slave_path, 0)
-        mcu = self._start_mcu()
-        # The MCU for the boot after the next upload is prepared once things are quiet.
-        warm_at = time.monotonic() + 2.0
-        out_fd = mcu.stdout.fileno() if mcu else None
-        if out_fd is not None:
-            os.set_blocking(out_fd, False)
+        self._start_preload()
+        # The reset boots the flashed image as soon as the interpreter is imported (at once,
+        # except right after the board process started).
+        boot_pending = self.fault != "never_boot" and self.flash_path.exists()
+        mcu: _Mcu | None = None
+        out_fd: int | None = None
         booted = time.monotonic()
         pending = b""
         held: list[bytes] = []  # lines printed before the host opened the port
@@ -322,9 +399,11 @@ class VirtualBoard:
                 if port.touched():
                     log.info("sn=%s 1200-bps touch", self.serial_number)
                     return
-                if warm_at and time.monotonic() >= warm_at:
-                    warm_at = 0.0
-                    self._prepare_next_mcu()
+                if boot_pending and self._preloaded():
+                    boot_pending = False
+                    mcu = self._boot_mcu()
+                    out_fd = mcu.fd if mcu else None
+                    booted = time.monotonic()
                 # A hung-up master (no host) always polls readable: watch it only while a
                 # host has the port open.
                 fds = [port.master] if port.host_connected() else []
@@ -346,8 +425,8 @@ class VirtualBoard:
                 except BlockingIOError:
                     continue
                 if not chunk:  # the MCU died (hard fault): the board goes silent
-                    log.info("sn=%s sketch stopped (exit %s): silent", self.serial_number,
-                             mcu.poll())
+                    log.info("sn=%s sketch stopped (%s): silent", self.serial_number,
+                             mcu.wait() if mcu else "?")
                     out_fd = None
                     continue
                 pending += chunk
@@ -371,10 +450,7 @@ class VirtualBoard:
                     port.write(data)
         finally:
             if mcu is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    mcu.kill()
-                mcu.wait()
-                mcu.stdout.close()
+                mcu.stop()
             port.close()
 
     # -- bootloader -----------------------------------------------------------------------

@@ -4,6 +4,9 @@ the real sketch prints (through :func:`hal.protocol.format_line`) on stdout.
 
 It runs as a child process of :mod:`hal.virtual.board` because TFLM may kill its process with
 SIGSEGV on a too-small arena: like a hard fault on the real board, the board then goes silent.
+The board imports the interpreter once (:func:`preload`) and forks a fresh child for every
+boot, so a reset costs a fork rather than a new Python with numpy and tflite_micro to import;
+``python -m hal.virtual.mcu IMAGE`` runs one image standalone.
 
 Sketch behaviour reproduced, with the line builders of :mod:`hal.arduino.sketch` (the ones the
 C++ template mirrors): ``AllocateTensors()`` in the fixed arena; on failure the ``alloc_failed``
@@ -140,26 +143,25 @@ def run(image_path: str, flood: bool = False) -> int:
             time.sleep(period)
 
 
+def preload() -> None:
+    """Import everything :func:`run` needs (numpy, the TFLM runtime, the sketch's line
+    builders), so that a process forked afterwards boots in milliseconds."""
+    # The sketch runs on one core; no BLAS thread pool to start (or to copy across a fork).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    import numpy  # noqa: F401
+    from tflite_micro.python.tflite_micro import runtime  # noqa: F401
+
+    from hal.arduino import sketch  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the MCU child process (``python -m hal.virtual.mcu IMAGE``)."""
+    """Entry point of an MCU run (``python -m hal.virtual.mcu IMAGE``; the board calls it in
+    a forked child)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("image", nargs="?", default="")
+    parser.add_argument("image")
     parser.add_argument("--flood", action="store_true")
-    parser.add_argument("--warm", action="store_true",
-                        help="import the interpreter first, then read the image path from "
-                        "stdin (so a flashed board boots in milliseconds, like real silicon)")
     args = parser.parse_args(argv)
     try:
-        if args.warm:
-            import numpy  # noqa: F401
-            from tflite_micro.python.tflite_micro import runtime  # noqa: F401
-
-            from hal.arduino import sketch  # noqa: F401
-
-            path = sys.stdin.readline().strip()
-            if not path:
-                return 0  # the board did not need us
-            return run(path, args.flood)
         return run(args.image, args.flood)
     except (BrokenPipeError, KeyboardInterrupt):
         return 0

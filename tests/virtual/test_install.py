@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import threading
 import time
 
@@ -15,7 +16,7 @@ from hal.driver import InstallRequest
 from hal.errors import Cancelled, DeviceError, FitError, InfraError, InputError
 from hal.protocol import BootLine, InferenceLine, StatusLine
 from hal.virtual import image
-from tests.virtual.helpers import HELLO_ARENA, model
+from tests.virtual.helpers import HELLO_ARENA, child_pids, model, wait_until
 
 SPEECH = model("arduino_micro_speech")
 HELLO = model("hello_world_int8")
@@ -141,6 +142,29 @@ def test_boot_silent_when_the_sketch_never_prints(make_driver):
     with pytest.raises(DeviceError) as ei:
         driver.install(InstallRequest(model=SPEECH), Deadline(30))
     assert ei.value.code == "boot_silent" and ei.value.detail["raw_lines"] == 0
+
+
+def test_hard_fault_silences_the_board_until_the_next_reset(make_driver):
+    """Every boot runs in its own MCU process: a hard fault (SIGSEGV, as TFLM dies on a bad
+    arena) ends that run -- the board stays attached but prints nothing -- and the next
+    upload boots a fresh process."""
+    driver = make_driver()
+    driver.install(hello_request(), Deadline(30))
+    first = child_pids(driver.board_pid)
+    assert len(first) == 1
+    os.kill(first[0], signal.SIGSEGV)
+    assert wait_until(lambda: not child_pids(driver.board_pid), 5.0)
+    time.sleep(0.3)  # lines already in flight before the fault
+    lines = []
+    driver.start_observing(lines.append)
+    time.sleep(1.5)  # 30 inference periods, 7 status periods of the FAST settings
+    driver.stop_observing()
+    assert not [x for x in lines if isinstance(x, (BootLine, StatusLine, InferenceLine))]
+    assert driver.info().connected  # silent, not gone
+    report = driver.install(InstallRequest(model=SPEECH), Deadline(30))
+    assert report.boot["sha"] == sha(SPEECH)[:16]
+    second = child_pids(driver.board_pid)
+    assert len(second) == 1 and second != first
 
 
 def test_board_vanishing_during_upload_is_port_vanished_and_keeps_old_model(make_driver):
