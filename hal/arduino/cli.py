@@ -660,6 +660,15 @@ class ArduinoCli:
 
 # -------------------------------------------------------------------------- build slot
 
+_process_locks: dict[str, threading.Lock] = {}
+_process_locks_guard = threading.Lock()
+
+
+def _process_lock(name: str) -> threading.Lock:
+    """The in-process lock paired with the build-sharing file lock ``name``."""
+    with _process_locks_guard:
+        return _process_locks.setdefault(name, threading.Lock())
+
 
 class BuildSlot:
     """A persistent sketch + build directory for one board profile, device and template
@@ -751,18 +760,29 @@ class BuildSlot:
         within ``deadline``; raises timeout / cancelled like every wait."""
         root = self._shared_root()
         root.mkdir(parents=True, exist_ok=True)
-        with open(root / f"{self.key_id(key)}.lock", "a+b") as fh:
-            while True:
+        path = root / f"{self.key_id(key)}.lock"
+        # Devices of one process (the bridge) queue on a thread lock, which hands over the
+        # moment the compiling device lets go; the file lock (polled: flock cannot wait with
+        # a deadline) then only ever waits for other processes.
+        local = _process_lock(str(path))
+        while not local.acquire(timeout=max(0.001, deadline.poll_timeout(0.05))):
+            if deadline.cancelled or deadline.expired:
+                deadline.check()
+        try:
+            with open(path, "a+b") as fh:
+                while True:
+                    try:
+                        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if deadline.wait(0.05) or deadline.expired:
+                            deadline.check()
                 try:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if deadline.wait(0.05) or deadline.expired:
-                        deadline.check()
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+                    yield
+                finally:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        finally:
+            local.release()
 
     def adopt_shared(self, key: dict[str, Any]) -> dict[str, Any] | None:
         """Copy another device's finished build of ``key`` into this slot; its record, or

@@ -404,9 +404,16 @@ class VirtualBoard:
                     mcu = self._boot_mcu()
                     out_fd = mcu.fd if mcu else None
                     booted = time.monotonic()
+                connected = port.host_connected()
+                if held and connected:
+                    # The sketch was waiting for the host: it prints the moment the port is
+                    # opened, not with its next line (up to an inference period later).
+                    for h in held:
+                        port.write_all(h, 0.5)
+                    held.clear()
                 # A hung-up master (no host) always polls readable: watch it only while a
                 # host has the port open.
-                fds = [port.master] if port.host_connected() else []
+                fds = [port.master] if connected else []
                 if out_fd is not None:
                     fds.append(out_fd)
                 if not fds:

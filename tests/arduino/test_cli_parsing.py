@@ -227,3 +227,40 @@ def test_board_list_unknown_board_and_garbage():
     assert [p.address for p in ports] == ["/dev/ttyS0"] and ports[0].boards == ()
     assert parse_board_list("garbage") == []
     assert parse_board_list(json.dumps({"detected_ports": "nope"})) == []
+
+
+def test_shared_build_lock_hands_over_and_honours_deadline_and_cancel(tmp_path):
+    """Devices waiting for another device's compile of the same key: a waiter gets the lock
+    as soon as it is released, and a waiter's timeout or cancel ends its wait."""
+    import threading
+
+    from hal.arduino.cli import BuildSlot
+    from hal.deadline import Deadline
+    from hal.errors import Cancelled, InfraError
+
+    key = {"model_sha256": "ab" * 32, "board": "nano33ble"}
+    a = BuildSlot(tmp_path, "nano33ble", "dev-a", "1.0.0", "tinyml_sketch")
+    b = BuildSlot(tmp_path, "nano33ble", "dev-b", "1.0.0", "tinyml_sketch")
+    order: list[str] = []
+    with a.shared_lock(key, Deadline(5)):
+        with pytest.raises(InfraError) as ei, b.shared_lock(key, Deadline(0.2)):
+            pass
+        assert ei.value.code == "timeout"
+        cancel = Deadline(30)
+        threading.Timer(0.1, cancel.cancel).start()
+        with pytest.raises(Cancelled), b.shared_lock(key, cancel):
+            pass
+
+        def waiter() -> None:
+            with b.shared_lock(key, Deadline(10)):
+                order.append("b")
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        t.join(0.2)
+        assert t.is_alive()  # still waiting while a holds the key
+        order.append("a")
+    t.join(5)
+    assert order == ["a", "b"]
+    with a.shared_lock(key, Deadline(1)):  # and the lock is free again
+        pass

@@ -167,6 +167,15 @@ def test_hard_fault_silences_the_board_until_the_next_reset(make_driver):
     assert len(second) == 1 and second != first
 
 
+def test_boot_line_reaches_a_host_that_opens_the_port_after_it_was_printed(make_driver):
+    """The sketch prints its boot line the moment the host opens the port (it waits for the
+    host): not with its next line, which here is minutes away."""
+    driver = make_driver(inference_period_ms=600_000, status_period_ms=600_000,
+                         host_wait_s=30.0, boot_deadline_s=10.0)
+    report = driver.install(hello_request(), Deadline(30))
+    assert report.boot["kind"] == "boot" and report.boot["sha"] == sha(HELLO)[:16]
+
+
 def test_board_vanishing_during_upload_is_port_vanished_and_keeps_old_model(make_driver):
     driver = make_driver(fault="vanish_on_upload")
     with pytest.raises(DeviceError) as ei:
