@@ -414,12 +414,14 @@ def _ended(call: Call, body: dict, what: str) -> int:
               help="Filters of each Conv2D+MaxPool block, comma-separated.")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.25,
               show_default=True)
+@click.option("--compile-for", "compile_board", metavar="BOARD", default=None,
+              help="Also compile to int8 for BOARD right after training, in the same worker.")
 @click.option("--follow/--no-follow", default=False, show_default=True,
               help="Show progress until the training ends (exit 1 unless it succeeded).")
 @command
 def train(call: Call, dataset_id: int, epochs, image_width, image_height, color_mode,
           batch_size, learning_rate, validation_split, seed, conv_filters, dropout,
-          follow) -> int:
+          compile_board, follow) -> int:
     """Train the default small CNN on a dataset (in a worker process)."""
     try:
         filters = [int(x) for x in conv_filters.split(",") if x.strip()]
@@ -430,13 +432,21 @@ def train(call: Call, dataset_id: int, epochs, image_width, image_height, color_
         "dataset_id": dataset_id, "epochs": epochs, "image_width": image_width,
         "image_height": image_height, "color_mode": color_mode, "batch_size": batch_size,
         "learning_rate": learning_rate, "validation_split": validation_split, "seed": seed,
-        "conv_filters": filters, "dropout": dropout})
+        "conv_filters": filters, "dropout": dropout, "compile_board": compile_board})
+    comp_link = body["links"].get("compilation")
     if not follow:
-        call.out(body, f"training {body['id']} {body['state']}")
+        then = f" (then {comp_link.strip('/').replace('s/', ' ')})" if comp_link else ""
+        call.out(body, f"training {body['id']} {body['state']}{then}")
         return EXIT_OK
     if not call.as_json:
         click.echo(f"training {body['id']} queued")
-    return _ended(call, _follow(call, f"/trainings/{body['id']}", _progress_text), "training")
+    code = _ended(call, _follow(call, f"/trainings/{body['id']}", _progress_text), "training")
+    if code != EXIT_OK or not comp_link:
+        return code
+    end = _follow(call, comp_link, lambda c: f"compilation {c['id']} {c['state']}")
+    if not call.as_json:
+        click.echo(_compilation_text(end))
+    return _ended(call, end, "compilation")
 
 
 @cli.group(context_settings=CONTEXT)

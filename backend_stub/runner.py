@@ -114,6 +114,8 @@ class JobRunner:
             if row is None:
                 raise not_found(kind, job_id)
             state = row.state
+        if state not in (QUEUED, RUNNING):
+            raise conflict(f"{kind} job {job_id} has ended already ({state})", state=state)
         if state == QUEUED and finish(self.store, kind, job_id, CANCELLED,
                                       Cancelled("cancelled before it started").to_dict()):
             log.info("%s job %d cancelled while queued", kind, job_id)
@@ -152,6 +154,28 @@ class JobRunner:
                        {"code": "internal", "message": "the job runner failed", "detail": {},
                         "class": "bug"})
 
+    def _chained_compilation(self, kind: str, job_id: int) -> int | None:
+        """The compilation a training runs in its own worker after training, if any."""
+        if kind != "train":
+            return None
+        with self.store.session() as s:
+            t = s.get(Training, job_id)
+            return (t.params or {}).get("compilation_id") if t is not None else None
+
+    def _end_chained(self, training_id: int, compilation_id: int,
+                     outcome: tuple[str, dict | None]) -> None:
+        """A chained compilation the worker did not end: the training's end decides."""
+        with self.store.session() as s:
+            t = s.get(Training, training_id)
+            t_state, t_error = (t.state, t.error) if t is not None else (FAILED, None)
+        if t_state in (FAILED, CANCELLED) and t_error:
+            err = {**t_error, "message": f"training {training_id} did not succeed: "
+                                         f"{t_error.get('message')}"}
+            state = CANCELLED if t_state == CANCELLED else FAILED
+        else:
+            state, err = outcome
+        finish(self.store, "compile", compilation_id, state, err)
+
     def _run(self, kind: str, job_id: int) -> None:
         model = KINDS[kind]
         with self.store.session() as s:
@@ -159,11 +183,16 @@ class JobRunner:
                             .values(state=RUNNING, started_at=utcnow()))
             if res.rowcount != 1:
                 return  # cancelled (or deleted) while queued
+        chained = self._chained_compilation(kind, job_id)
         timeout = (self.config.training_timeout_s if kind == "train"
                    else self.config.compile_timeout_s)
+        if chained is not None:
+            timeout += self.config.compile_timeout_s
         deadline = Deadline(timeout, what=f"{kind} job {job_id}")
         with self._lock:
             self._active[(kind, job_id)] = deadline
+            if chained is not None:  # cancelling the compilation kills the shared worker
+                self._active[("compile", chained)] = deadline
         env = {**os.environ, ENV_DB_URL: self.store.url, **self.config.worker_env,
                "PYTHONUNBUFFERED": "1"}
         argv = [sys.executable, "-m", "backend_stub.worker", kind, str(job_id)]
@@ -196,6 +225,10 @@ class JobRunner:
         finally:
             with self._lock:
                 self._active.pop((kind, job_id), None)
+                if chained is not None:
+                    self._active.pop(("compile", chained), None)
+        if chained is not None:
+            self._end_chained(job_id, chained, outcome)
         # Only takes effect when the worker did not record its own end.
         if finish(self.store, kind, job_id, outcome[0], outcome[1]):
             log.warning("%s job %d %s: %s", kind, job_id, outcome[0],

@@ -95,6 +95,10 @@ class TrainingIn(_Request):
         description="filters of each Conv2D+MaxPool block",
     )
     dropout: float = Field(0.25, ge=0.0, lt=1.0)
+    compile_board: str | None = Field(
+        None, min_length=1, max_length=64,
+        description="also compile to int8 for this board, in the same worker right after "
+                    "training (one TensorFlow start instead of two)")
 
 
 class EpochOut(_Response):

@@ -54,6 +54,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     store = Store(url, migrate=False)
     try:
+        if _run_job(store, kind, job_id) and kind == "train":
+            chained = _claim_chained(store, job_id)
+            if chained is not None:
+                _run_job(store, "compile", chained)
+    finally:
+        store.dispose()
+    return 0
+
+
+def _run_job(store: Store, kind: str, job_id: int) -> bool:
+    """Run one job; record a classified failure. True if it succeeded."""
+    try:
         if kind == "train":
             from backend_stub.training import run_training
 
@@ -62,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             from backend_stub.compiling import run_compilation
 
             run_compilation(store, job_id, inject_fault)
+        return True
     except BaseException as exc:  # every end is recorded, classified
         err = as_hal_error(exc)
         if err.code == "internal":
@@ -69,9 +82,24 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log.error("%s job %d failed: %s", kind, job_id, err)
         finish(store, kind, job_id, FAILED, err.to_dict())
-    finally:
-        store.dispose()
-    return 0
+        return False
+
+
+def _claim_chained(store: Store, training_id: int) -> int | None:
+    """Start the compilation chained to a training, unless it was cancelled meanwhile."""
+    from sqlalchemy import update
+
+    from backend_stub.storage import QUEUED, RUNNING, Compilation, Training, utcnow
+
+    with store.session() as s:
+        t = s.get(Training, training_id)
+        cid = (t.params or {}).get("compilation_id") if t is not None else None
+        if cid is None:
+            return None
+        res = s.execute(update(Compilation).where(Compilation.id == cid,
+                                                  Compilation.state == QUEUED)
+                        .values(state=RUNNING, started_at=utcnow()))
+        return cid if res.rowcount == 1 else None
 
 
 if __name__ == "__main__":

@@ -42,7 +42,10 @@ def training_dict(s, t: Training) -> dict[str, Any]:
         "progress": {"epoch": int(done), "epochs": int(t.params.get("epochs", 0)),
                      "last": _epoch(last) if last else None},
         "created_at": t.created_at, "started_at": t.started_at, "finished_at": t.finished_at,
-        "error": t.error, "links": job_links("trainings", t.id),
+        "error": t.error,
+        "links": {**job_links("trainings", t.id), **(
+            {"compilation": f"/compilations/{t.params['compilation_id']}"}
+            if t.params.get("compilation_id") else {})},
     }
 
 
@@ -91,9 +94,19 @@ def create_training():
             raise InputError("dataset_invalid", "the dataset cannot be trained on: "
                              + "; ".join(problems), counts=counts,
                              problems=[{"entry": "(dataset)", "problem": p} for p in problems])
+        if body.compile_board is not None:
+            get_profile(body.compile_board)  # unknown_board before anything is queued
         t = Training(dataset_id=ds.id, params=body.model_dump())
         s.add(t)
         s.flush()
+        if body.compile_board is not None:
+            # Chained: the training's worker runs it; it is never queued on its own.
+            c = Compilation(training_id=t.id, board=body.compile_board,
+                            params={"training_id": t.id, "board": body.compile_board,
+                                    "representative_samples": None, "chained": True})
+            s.add(c)
+            s.flush()
+            t.params = {**t.params, "compilation_id": c.id}
         out = training_dict(s, t)
     b.runner.submit("train", out["id"])
     return answer(schemas.TrainingOut, out, 202)

@@ -154,6 +154,38 @@ def test_queued_job_cancel_and_dataset_deleted_while_queued(fault_app):
     assert wait_state(c, f"/trainings/{third}")["state"] == "cancelled"
 
 
+def test_chained_compilation_ends_with_its_failed_training(fault_app):
+    _app, c = fault_app("raise")
+    ds = _dataset(c)
+    r = c.post("/trainings", json={"dataset_id": ds, "compile_board": "nano99"})
+    assert r.status_code == 422 and r.get_json()["code"] == "unknown_board"
+    assert c.get("/compilations").get_json()["compilations"] == []
+    r = c.post("/trainings", json={"dataset_id": ds, "compile_board": "nano33ble"})
+    assert r.status_code == 202
+    link = r.get_json()["links"]["compilation"]
+    job = wait_state(c, f"/trainings/{r.get_json()['id']}")
+    assert job["state"] == "failed"
+    comp = wait_state(c, link)
+    assert comp["state"] == "failed" and comp["board"] == "nano33ble"
+    assert comp["error"]["code"] == "internal"
+    assert f"training {job['id']} did not succeed" in comp["error"]["message"]
+    assert c.post(f"/trainings/{job['id']}/cancel").status_code == 409
+
+
+def test_cancelling_a_chained_compilation_while_training_cancels_it(fault_app):
+    app, c = fault_app("hang")
+    ds = _dataset(c)
+    r = c.post("/trainings", json={"dataset_id": ds, "compile_board": "nano33ble"}).get_json()
+    _wait_pid(app.extensions["tinyml_backend"].store, r["id"])
+    comp_path = r["links"]["compilation"]
+    assert c.post(f"{comp_path}/cancel").status_code == 202
+    assert wait_state(c, comp_path)["state"] == "cancelled"
+    # The training keeps running on its own; cancel it too.
+    assert c.get(f"/trainings/{r['id']}").get_json()["state"] == "running"
+    c.post(f"/trainings/{r['id']}/cancel")
+    assert wait_state(c, f"/trainings/{r['id']}")["state"] == "cancelled"
+
+
 def test_compile_requires_a_succeeded_training_and_known_board(fault_app):
     _app, c = fault_app("raise")
     ds = _dataset(c)

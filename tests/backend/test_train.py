@@ -127,3 +127,20 @@ def test_cancel_a_real_training(sqlite_client, sqlite_app):
     assert t["state"] == "cancelled" and 1 <= t["progress"]["epoch"] < 1000
     _assert_gone(pid)
     assert c.get("/health").get_json()["jobs_running"] == 0
+
+
+def test_train_and_compile_in_one_worker(sqlite_client):
+    c = sqlite_client
+    ds = _shapes_dataset(c, per_label=10)
+    r = c.post("/trainings", json={"dataset_id": ds, "epochs": 6, "image_width": 32,
+                                   "image_height": 32, "batch_size": 8, "learning_rate": 0.005,
+                                   "compile_board": "nano33ble"})
+    assert r.status_code == 202
+    link = r.get_json()["links"]["compilation"]
+    assert c.get(link).get_json()["state"] == "queued"
+    assert wait_state(c, f"/trainings/{r.get_json()['id']}", timeout=240)["state"] == \
+        "succeeded"
+    comp = wait_state(c, link, timeout=240)
+    assert comp["state"] == "succeeded", comp
+    assert comp["report"]["model"]["int8"] is True and comp["report"]["fit"]["fits"] is True
+    assert c.get(f"{link}/model.tflite").status_code == 200
