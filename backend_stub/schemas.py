@@ -5,9 +5,12 @@ their answers through them, so the document and the behaviour cannot drift apart
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# Row ids: 32-bit integers in SQLite and PostgreSQL alike.
+Id = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 
 class _Request(BaseModel):
@@ -81,7 +84,7 @@ class LabelIn(_Request):
 class TrainingIn(_Request):
     """Training parameters; every one has a default except the dataset."""
 
-    dataset_id: int
+    dataset_id: Id
     epochs: int = Field(10, ge=1, le=1000)
     image_width: int = Field(48, ge=8, le=512)
     image_height: int = Field(48, ge=8, le=512)
@@ -145,7 +148,7 @@ class MetricsOut(_Response):
 
 
 class CompilationIn(_Request):
-    training_id: int
+    training_id: Id
     board: str = Field("nano33ble", min_length=1, max_length=64)
     representative_samples: int | None = Field(
         None, ge=1, description="cap on representative samples (default: every training sample)")
@@ -153,7 +156,7 @@ class CompilationIn(_Request):
 
 class CompilationOut(_Response):
     id: int
-    training_id: int
+    training_id: Id
     board: str
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     params: dict[str, Any]
@@ -214,8 +217,8 @@ class ObservationOut(_Response):
 
 
 class DeploymentIn(_Request):
-    compilation_id: int
-    bridge_id: int
+    compilation_id: Id
+    bridge_id: Id
     device_id: str = Field(min_length=1, max_length=128)
     input_vectors: int = Field(4, ge=0, le=64, description="validation samples sent along")
     arena_bytes: int | None = Field(None, ge=1024)

@@ -54,7 +54,9 @@ class Endpoint:
     @property
     def rule(self) -> str:
         """The Flask rule: ``{x:int}`` -> ``<int:x>``, ``{x}`` -> ``<x>``."""
-        return re.sub(r"\{(\w+):int\}", r"<int:\1>", re.sub(r"\{(\w+)\}", r"<\1>", self.path))
+        # Ids are 32-bit in both databases: larger numbers are simply not found (404).
+        return re.sub(r"\{(\w+):int\}", r"<int(max=2147483647):\1>",
+                      re.sub(r"\{(\w+)\}", r"<\1>", self.path))
 
     @property
     def openapi_path(self) -> str:
@@ -105,7 +107,9 @@ class Api:
             op: dict[str, Any] = {
                 "operationId": e.view.__name__, "summary": e.summary, "tags": [e.tag],
                 "parameters": [
-                    {"name": n, "in": "path", "required": True, "schema": {"type": t}}
+                    {"name": n, "in": "path", "required": True, "schema": (
+                        {"type": t, "minimum": 0, "maximum": 2**31 - 1} if t == "integer"
+                        else {"type": t})}
                     for n, t in e.path_params()
                 ] + [
                     {"name": q.name, "in": "query", "required": q.required,
