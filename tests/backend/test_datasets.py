@@ -330,6 +330,10 @@ def test_unknown_routes_and_methods_answer_json(sqlite_client):
     assert r.status_code == 405 and r.get_json()["code"] == "bad_request"
     r = sqlite_client.get("/datasets/1")
     assert r.status_code == 404 and r.get_json()["code"] == "not_found"
+    r = sqlite_client.get("/datasets/99999999999999999999999")  # beyond 32 bits: not a 500
+    assert r.status_code == 404 and r.get_json()["code"] == "not_found"
+    r = sqlite_client.post("/trainings", json={"dataset_id": 2**63})
+    assert r.status_code == 422 and r.get_json()["code"] == "bad_option"
 
 
 def test_every_attack_in_one_archive_on_both_backends(client, app):
