@@ -83,6 +83,8 @@ def validate_bridge_url(url: str) -> str:
     if not host:
         raise _bad_url(url, "no host")
     if parts.netloc.startswith("["):
+        if "%" in host:
+            raise _bad_url(url, "IPv6 zone ids (%...) are not supported; use a routable address")
         try:
             addr = ipaddress.IPv6Address(host)
         except ValueError:

@@ -153,6 +153,7 @@ def _content(model: type[BaseModel] | str | None, description: str) -> dict[str,
 
 
 api = Api()
+MAX_JSON_BYTES = 1 << 20
 
 
 # ------------------------------------------------------------------------------ view helpers
@@ -166,6 +167,8 @@ def backend():  # -> backend_stub.app.Backend
 def parse_body(model: type[BaseModel]) -> Any:
     """The JSON body validated against ``model``; ``bad_request`` when it is not a JSON
     object, ``bad_option`` listing each invalid field otherwise."""
+    # JSON bodies are small: never read more than this, whatever the upload limit is.
+    request.max_content_length = MAX_JSON_BYTES
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         raise InputError("bad_request", "the body must be a JSON object "

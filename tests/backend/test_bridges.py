@@ -71,6 +71,8 @@ HOSTILE = {
     "http://bridge\\@evil.com": "backslash",
     "http://[::1": "IPv6",
     "http://[not-an-ip]:80": "IPv6",
+    "http://[fe80::1%25eth0]:80": "zone",
+    "http://[1.2.3.4]:80": "IPv4 address cannot be in brackets",
     "http://::1:80": "port",
     "http://127.1": "dotted-quad",
     "http://0x7f.0.0.1": "dotted-quad",
@@ -342,3 +344,9 @@ def test_deploy_refused_up_front(sqlite_client, sqlite_app, real_bridge):
     assert _deploy(c, compilation_id=ok, bridge_id=bid, device_id="x",
                    input_vectors=-1).status_code == 422
     assert c.get("/deployments").get_json()["deployments"] == []
+
+
+def test_oversized_json_body_is_413_not_read(sqlite_client):
+    body = '{"name": "b", "url": "http://x", "token": "' + "x" * (2 << 20) + '"}'
+    r = sqlite_client.post("/bridges", data=body, content_type="application/json")
+    assert r.status_code == 413 and r.get_json()["code"] == "payload_too_large"
