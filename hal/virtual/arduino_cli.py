@@ -36,7 +36,6 @@ import contextlib
 import json
 import os
 import stat
-import subprocess
 import sys
 import time
 import zlib
@@ -100,6 +99,8 @@ def _hostile(command: str) -> int | None:
     """Hostile behaviours for adapter tests; None when not asked for."""
     mode = _misbehave()
     if mode == "hang":
+        import subprocess  # only here: every run of the stand-in is a fresh interpreter
+
         # A child in the same process group proves the adapter kills the whole group.
         child = subprocess.Popen(["sleep", "300"])
         pid_file = _env("PID_FILE")
@@ -376,17 +377,39 @@ def cmd_lib_list(args) -> int:
 class _Boot:
     """The host side of the virtual bootloader protocol (see hal.virtual.board)."""
 
+    TIMEOUT_S = 5.0
+
     def __init__(self, device: str) -> None:
         import serial
 
-        self.ser = serial.Serial(device, 921600, timeout=5.0, write_timeout=5.0)
+        self.ser = serial.Serial(device, 921600, timeout=self.TIMEOUT_S,
+                                 write_timeout=self.TIMEOUT_S)
         self.ser.reset_input_buffer()
+        self._fd = self.ser.fileno()
+        self._buf = b""
+
+    def _readline(self) -> bytes:
+        """One reply line, read in whole chunks (pyserial's readline reads byte by byte:
+        hundreds of system calls per upload)."""
+        import select
+
+        end = time.monotonic() + self.TIMEOUT_S
+        while b"\n" not in self._buf:
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([self._fd], [], [], left)[0]:
+                return b""
+            chunk = os.read(self._fd, 4096)
+            if not chunk:
+                raise OSError("the bootloader's port hung up")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line
 
     def cmd(self, line: str, payload: bytes = b"", answer: bool = True) -> str:
         self.ser.write(line.encode() + b"\n" + payload)
         if not answer:
             return ""
-        reply = self.ser.readline().decode("ascii", "replace").strip()
+        reply = self._readline().decode("ascii", "replace").strip()
         if not reply:
             raise OSError("no answer from the bootloader")
         if not reply.startswith("OK"):
