@@ -3,11 +3,11 @@ real waitress server, and builders of image zips (good and hostile)."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import itertools
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -69,14 +69,55 @@ class PostgresCluster:
                                "run scripts/setup.sh")
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
                   "--no-sync", "-E", "UTF8")
-        opts = (f"-p {self.port} -k {self.sock} -h 127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off")
-        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l",
-                  str(self.base / "server.log"), "-w", "-t", "60", "start", timeout=90)
+        # The server runs in the foreground as our child and gets SIGQUIT (immediate
+        # shutdown) if this process dies, so a killed test run leaves no cluster behind.
+        self._log = open(self.base / "server.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(PG_BIN / "postgres"), "-D", str(self.data), "-p", str(self.port),
+             "-k", str(self.sock), "-h", "127.0.0.1", "-c", "fsync=off",
+             "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=self._demote_and_tie_to_parent)
+        import time
+
+        import psycopg2
+
+        end = time.monotonic() + 60
+        while True:
+            try:
+                psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres",
+                                 dbname="postgres", connect_timeout=2).close()
+                return
+            except psycopg2.OperationalError:
+                if self.proc.poll() is not None or time.monotonic() > end:
+                    raise RuntimeError("PostgreSQL did not start:\n" + (
+                        self.base / "server.log").read_text(errors="replace")) from None
+                time.sleep(0.1)
+
+    def _demote_and_tie_to_parent(self) -> None:
+        """In the child before exec: become ``postgres`` (it refuses to run as root), then
+        ask the kernel for SIGQUIT when the parent dies (set after setuid, which clears it)."""
+        import ctypes
+        import pwd
+
+        if self._as_postgres:
+            pw = pwd.getpwnam("postgres")
+            os.setgroups([])
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+        ctypes.CDLL(None).prctl(1, signal.SIGQUIT)  # PR_SET_PDEATHSIG
 
     def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        if getattr(self, "_log", None):
+            self._log.close()
         shutil.rmtree(self.base, ignore_errors=True)
 
     def url(self, db: str = "postgres") -> str:
