@@ -17,10 +17,8 @@ from hal.arduino.cli import (
 )
 from hal.errors import DeviceError, FitError, InfraError, InputError
 
-DOCS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "arduino-cli-docs-examples"
-if not DOCS.is_dir():  # CI: shared/ is a sibling of the clone
-    DOCS = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / \
-        "arduino-cli-docs-examples"
+# arduino-cli's own documentation examples (copied from shared/reference into the repo).
+DOCS = Path(__file__).resolve().parents[1] / "data" / "arduino-cli-docs-examples"
 
 SIZES_OUT = (
     "Sketch uses 222944 bytes (22%) of program storage space. Maximum is 983040 bytes.\n"
