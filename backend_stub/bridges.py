@@ -1,27 +1,25 @@
-"""Bridges: address validation and a small HTTP client of the bridge API.
+"""Bridges: address validation, and the backend's policy for calling a bridge.
 
-The backend talks to bridges only over HTTP. Every call has a connect and a read timeout,
-redirects are never followed (the token must not travel to another host), and every failure
-is a classified :class:`~hal.errors.HalError`: the bridge's own error JSON is rebuilt with its
-code, an unreachable bridge is ``unavailable``, a slow one ``timeout``, an answer that is not
-the bridge's JSON ``transport_broken``.
+The backend talks to bridges only over HTTP, through the bridge package's one client,
+:class:`bridge.client.BridgeClient` (never its server modules). That client bounds every call
+and classifies every failure as a :class:`~hal.errors.HalError` (the bridge's own error JSON
+rebuilt with its code; ``unavailable``, ``timeout``, ``transport_broken``). On top of it the
+backend adds what is its own: timeouts from :class:`BackendConfig`, no redirects and no proxy
+from the environment (the token registered for a bridge must reach only that host), and a
+bridge refusing that token reported as a bad gateway, not as the caller's 401.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
-import logging
 import re
-import time
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
-import requests
-
-from hal.errors import InfraError, InputError, from_dict
-
-log = logging.getLogger(__name__)
+from backend_stub.config import BackendConfig
+from bridge.client import BridgeClient
+from hal.errors import HalError, InputError
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _NUMERIC_LABEL = re.compile(r"^(\d+|0x[0-9a-f]*)$")
@@ -109,100 +107,24 @@ def validate_bridge_url(url: str) -> str:
     return f"{scheme}://{host_text}" + (f":{port}" if port is not None else "")
 
 
-class BridgeClient:
-    """Calls one bridge's HTTP API (see the bridge API contract)."""
+@contextmanager
+def bridge_client(url: str, token: str | None, config: BackendConfig) -> Iterator[BridgeClient]:
+    """A :class:`~bridge.client.BridgeClient` for a registered bridge, closed on exit.
 
-    def __init__(self, url: str, token: str | None, *, connect_timeout_s: float = 5.0,
-                 read_timeout_s: float = 30.0) -> None:
-        self.url = url.rstrip("/")
-        self.token = token
-        self.connect_timeout_s = connect_timeout_s
-        self.read_timeout_s = read_timeout_s
-        self._session = requests.Session()
-        self._session.trust_env = False  # no proxy from the environment sees the token
-
-    def close(self) -> None:
-        self._session.close()
-
-    def _call(self, method: str, path: str, *, read_timeout_s: float | None = None,
-              **kwargs: Any) -> Any:
-        headers = {"Accept": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        timeout = (self.connect_timeout_s, read_timeout_s or self.read_timeout_s)
-        where = f"{method} {self.url}{path}"
-        try:
-            resp = self._session.request(method, self.url + path, headers=headers,
-                                         timeout=timeout, allow_redirects=False, **kwargs)
-        except requests.Timeout:
-            raise InfraError("timeout", f"the bridge did not answer {where} in time",
-                             bridge=self.url, timeout_s=list(timeout)) from None
-        except requests.ConnectionError as exc:
-            raise InfraError("unavailable", f"cannot reach the bridge at {self.url}",
-                             bridge=self.url, reason=str(exc)[:300]) from None
-        except requests.RequestException as exc:
-            raise InfraError("transport_broken", f"{where} failed: {exc}",
-                             bridge=self.url) from None
-        try:
-            body = resp.json()
-        except ValueError:
-            body = None
-        if resp.status_code >= 400:
-            if isinstance(body, dict) and "code" in body:
-                err = from_dict(body)
-            else:
-                err = InfraError("transport_broken",
-                                 f"{where} answered HTTP {resp.status_code} without an error "
-                                 "body", body_head=resp.text[:200])
-            err.detail.setdefault("http_status", resp.status_code)
-            err.detail.setdefault("bridge", self.url)
+    Errors the bridge answered with (those with ``detail["http_status"]``) get
+    ``detail["bridge"]``; its ``unauthorized`` means the token *registered for the bridge* is
+    wrong, so it becomes a 502 for our caller, whose own token was fine."""
+    client = BridgeClient(url, token, timeout=config.bridge_read_timeout_s,
+                          connect_timeout=config.bridge_connect_timeout_s,
+                          follow_redirects=False, trust_env=False, user_agent="tinyml-backend")
+    try:
+        yield client
+    except HalError as err:
+        if "http_status" in err.detail:
+            err.detail.setdefault("bridge", url)
             if err.code == "unauthorized":
                 err.message = "the bridge refused the token registered for it"
                 err.http_status = 502  # type: ignore[attr-defined]  # not the caller's token
-            raise err
-        if 300 <= resp.status_code < 400 or not isinstance(body, dict):
-            raise InfraError("transport_broken",
-                             f"{where} answered HTTP {resp.status_code} with something that is "
-                             "not the bridge's JSON", bridge=self.url,
-                             body_head=resp.text[:200])
-        return body
-
-    def health(self) -> tuple[dict[str, Any], float]:
-        """The bridge's ``/health`` and the round-trip time in milliseconds."""
-        t0 = time.monotonic()
-        body = self._call("GET", "/health")
-        return body, round((time.monotonic() - t0) * 1000, 1)
-
-    def devices(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/devices").get("devices", []))
-
-    def device(self, device_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/devices/{_seg(device_id)}")
-
-    def install(self, device_id: str, model: bytes, options: dict[str, Any]) -> dict[str, Any]:
-        """Start an install job (multipart: ``model`` file + ``options`` JSON)."""
-        return self._call(
-            "POST", f"/devices/{_seg(device_id)}/install",
-            files={"model": ("model.tflite", model, "application/octet-stream")},
-            data={"options": json.dumps(options)},
-        )
-
-    def job(self, job_id: str, wait_s: float = 0.0) -> dict[str, Any]:
-        """A bridge job; with ``wait_s`` the bridge holds the answer until the job ends."""
-        params = {"wait": f"{wait_s:g}"} if wait_s > 0 else None
-        return self._call("GET", f"/jobs/{_seg(job_id)}", params=params,
-                          read_timeout_s=wait_s + self.read_timeout_s)
-
-    def cancel_job(self, job_id: str) -> dict[str, Any]:
-        return self._call("DELETE", f"/jobs/{_seg(job_id)}")
-
-    def observe(self, device_id: str, lines: int) -> dict[str, Any]:
-        return self._call("GET", f"/devices/{_seg(device_id)}/observe",
-                          params={"lines": str(lines)})
-
-
-def _seg(value: str) -> str:
-    """A path segment, percent-encoded (ids come from users and bridges)."""
-    from urllib.parse import quote
-
-    return quote(str(value), safe="")
+        raise
+    finally:
+        client.close()

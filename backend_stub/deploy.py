@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from backend_stub.bridges import BridgeClient
+from backend_stub.bridges import bridge_client
 from backend_stub.config import BackendConfig
 from backend_stub.datasets import conflict, load_images, not_found
 from backend_stub.preprocess import preprocess
@@ -41,11 +41,6 @@ log = logging.getLogger(__name__)
 
 BRIDGE_FINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 _POLL_WAIT_S = 2.0  # each GET /jobs/{id}?wait= holds this long: cancel reacts within it
-
-
-def client_for(bridge: Bridge, config: BackendConfig) -> BridgeClient:
-    return BridgeClient(bridge.url, bridge.token, connect_timeout_s=config.bridge_connect_timeout_s,
-                        read_timeout_s=config.bridge_read_timeout_s)
 
 
 def report_from_dict(data: dict[str, Any]) -> ModelReport:
@@ -98,12 +93,10 @@ class DeploymentRunner:
             bridge = s.get(Bridge, bridge_id)
             if bridge is None:
                 raise not_found("bridge", bridge_id)
-            client = client_for(bridge, self.config)
+            url, token = bridge.url, bridge.token
             report = comp.report or {}
-        try:
+        with bridge_client(url, token, self.config) as client:
             device = client.device(device_id)  # unknown_device (404) from the bridge
-        finally:
-            client.close()
         board = device.get("board") or comp.board
         if board != comp.board or params.get("arena_bytes") is not None:
             # Checked for another board, or with another arena: check again before anyone
@@ -168,7 +161,8 @@ class DeploymentRunner:
 
     def _payload(self, dep: Deployment, comp: Compilation, training: Training,
                  s) -> dict[str, Any]:
-        """Labels and a few validation-split inputs, preprocessed exactly as in training."""
+        """The install options (keyword arguments of ``BridgeClient.install``): labels and
+        a few validation-split inputs, preprocessed exactly as in training."""
         p = training.params
         wanted = int(dep.params.get("input_vectors", 0))
         val_ids = [i for i, _cls in (training.split or {}).get("validation", [])][:wanted]
@@ -193,28 +187,26 @@ class DeploymentRunner:
             training = s.get(Training, comp.training_id)
             options = self._payload(dep, comp, training, s)
             artifact, sha = comp.artifact, comp.sha256
-            client = client_for(bridge, self.config)
+            url, token, device_id = bridge.url, bridge.token, dep.device_id
         self._set(dep_id, state=RUNNING, started_at=utcnow(),
                   params={**dep.params, "input_vectors_sent": len(options["input_vectors"])})
-        try:
-            job = client.install(dep.device_id, artifact, options)
+        with bridge_client(url, token, self.config) as client:
+            job = client.install(device_id, artifact, **options)
             self._set(dep_id, bridge_job_id=str(job["id"]), bridge_job=job)
             log.info("deployment %d: bridge job %s started", dep_id, job["id"])
             started = time.monotonic()
             while job.get("state") not in BRIDGE_FINAL:
                 if cancel.is_set():
-                    client.cancel_job(str(job["id"]))
+                    client.cancel(str(job["id"]))
                     raise Cancelled(f"deployment {dep_id} cancelled; bridge job {job['id']} "
                                     "cancel requested")
                 remaining = self.config.deploy_timeout_s - (time.monotonic() - started)
                 if remaining <= 0:
-                    client.cancel_job(str(job["id"]))
+                    client.cancel(str(job["id"]))
                     raise InfraError("timeout", f"bridge job {job['id']} did not end within "
                                      f"{self.config.deploy_timeout_s:g} s", bridge_job=job)
-                job = client.job(str(job["id"]), wait_s=min(_POLL_WAIT_S, remaining))
+                job = client.job(str(job["id"]), wait=min(_POLL_WAIT_S, remaining))
                 self._set(dep_id, bridge_job=job)
-        finally:
-            client.close()
         state = job.get("state")
         if state != "succeeded":
             err = job.get("error")

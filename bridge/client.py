@@ -1,6 +1,7 @@
 """A small HTTP client of the bridge API (see the API contract in the README).
 
-Used by the technician CLI and reusable by scripts and the backend::
+Used by the technician CLI, by scripts and by the backend (backend_stub), which talks to
+bridges only through this class::
 
     from bridge.client import BridgeClient
 
@@ -14,6 +15,9 @@ bridge that cannot be reached is ``InfraError("unavailable")``, a call that outl
 timeout is ``InfraError("timeout")``, and an answer that is not the bridge's JSON is
 ``InfraError("transport_broken")``. The HTTP status, when there was one, is in
 ``error.detail["http_status"]``.
+
+A server that is not a bridge cannot make a method fail any other way: every answer must be a
+JSON object, and the fields a method unpacks (``devices``, ``jobs``) must be lists.
 """
 
 from __future__ import annotations
@@ -204,8 +208,12 @@ class StreamEvent:
 class BridgeClient:
     """The bridge's HTTP API as methods returning the decoded JSON (dicts as in the contract).
 
-    ``timeout`` bounds every call (connect and each read). Thread-safe for concurrent calls
-    only if each thread uses its own client (``requests.Session`` is not thread-safe)."""
+    ``timeout`` bounds every call (connect and each read); ``connect_timeout``, if given,
+    bounds the connect separately. ``follow_redirects=False`` turns any 3xx into
+    ``transport_broken`` (the bridge API never redirects, and a caller holding a token for
+    one host may not want it sent anywhere else); ``trust_env=False`` ignores proxies and
+    ``.netrc`` from the environment. Thread-safe for concurrent calls only if each thread
+    uses its own client (``requests.Session`` is not thread-safe)."""
 
     def __init__(
         self,
@@ -213,11 +221,17 @@ class BridgeClient:
         token: str | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
+        connect_timeout: float | None = None,
+        follow_redirects: bool = True,
+        trust_env: bool = True,
         user_agent: str = "tinyml-bridge-client",
     ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.follow_redirects = follow_redirects
         self._session = requests.Session()
+        self._session.trust_env = trust_env
         self._session.headers["User-Agent"] = user_agent
         self._session.headers["Accept"] = "application/json"
         if token:
@@ -247,14 +261,20 @@ class BridgeClient:
         ok: Sequence[int] = (200,),
         **kwargs: Any,
     ) -> requests.Response:
+        """One call; ``timeout`` is the read timeout (default: the client's). The connect is
+        bounded by ``connect_timeout``, else by the client's ``timeout``."""
         url = self.url + path
-        timeout = self.timeout if timeout is None else timeout
+        read = self.timeout if timeout is None else timeout
+        connect = self.timeout if self.connect_timeout is None else self.connect_timeout
+        kwargs.setdefault("allow_redirects", self.follow_redirects)
         try:
-            resp = self._session.request(method, url, timeout=timeout, **kwargs)
+            resp = self._session.request(method, url, timeout=(connect, read), **kwargs)
         except requests.exceptions.Timeout:
+            same = connect == read
             raise InfraError(
                 "timeout", f"the bridge at {self.url} did not answer {method} {path} within "
-                f"{timeout:g} s", url=self.url, timeout_s=timeout,
+                + (f"{read:g} s" if same else f"{connect:g} s (connect) / {read:g} s (read)"),
+                url=self.url, timeout_s=read if same else [connect, read],
             ) from None
         except requests.exceptions.ConnectionError as exc:
             raise InfraError(
@@ -287,16 +307,26 @@ class BridgeClient:
         err.detail.setdefault("http_status", resp.status_code)
         return err
 
-    def _json(self, resp: requests.Response) -> Any:
+    def _json(self, resp: requests.Response) -> dict[str, Any]:
         try:
-            return resp.json()
+            body = resp.json()
         except ValueError:
+            body = None
+        if not isinstance(body, dict):  # every answer of the bridge API is a JSON object
             raise InfraError(
                 "transport_broken",
                 f"{resp.request.method} {resp.url} answered HTTP {resp.status_code} with "
-                f"something that is not JSON (is {self.url} a tinyml bridge?)",
+                f"something that is not a JSON object (is {self.url} a tinyml bridge?)",
                 url=self.url, body=resp.text[:200],
-            ) from None
+            )
+        return body
+
+    def _list(self, body: dict[str, Any], key: str) -> list[Any]:
+        value = body.get(key)
+        if not isinstance(value, list):
+            raise InfraError("transport_broken", f"the answer of {self.url} has no {key!r} list "
+                             "(is it a tinyml bridge?)", url=self.url, body=str(body)[:200])
+        return value
 
     def _get(self, path: str, params: dict | None = None, timeout: float | None = None) -> Any:
         return self._json(self._request("GET", path, params=params, timeout=timeout))
@@ -309,7 +339,7 @@ class BridgeClient:
 
     def devices(self) -> list[dict[str, Any]]:
         """``GET /devices``: every device the bridge knows."""
-        return self._get("/devices")["devices"]
+        return self._list(self._get("/devices"), "devices")
 
     def device(self, device_id: str) -> dict[str, Any]:
         """``GET /devices/{id}``."""
@@ -371,7 +401,7 @@ class BridgeClient:
             params["device"] = device
         if limit:
             params["limit"] = limit
-        return self._get("/jobs", params=params or None)["jobs"]
+        return self._list(self._get("/jobs", params=params or None), "jobs")
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """``DELETE /jobs/{id}``: request cancellation; returns the Job."""
@@ -434,10 +464,8 @@ class BridgeClient:
             if last_id is not None:
                 headers["Last-Event-ID"] = last_id
             try:
-                resp = self._request(
-                    "GET", path, headers=headers, stream=True,
-                    timeout=(self.timeout, read_timeout),
-                )
+                resp = self._request("GET", path, headers=headers, stream=True,
+                                     timeout=read_timeout)
             except InfraError as exc:
                 if not reconnect or exc.code not in ("unavailable", "timeout"):
                     raise

@@ -3,13 +3,15 @@ deploy artifacts and follow the bridge job."""
 
 from __future__ import annotations
 
+import time
+
 from flask import Response
 from sqlalchemy import select
 
 from backend_stub import schemas
-from backend_stub.bridges import validate_bridge_url
+from backend_stub.bridges import bridge_client, validate_bridge_url
 from backend_stub.datasets import conflict, not_found
-from backend_stub.deploy import client_for, deployment_dict, list_deployments
+from backend_stub.deploy import deployment_dict, list_deployments
 from backend_stub.storage import FINAL_STATES, Bridge, Deployment
 from backend_stub.web import (
     Query,
@@ -78,37 +80,38 @@ def delete_bridge(bridge_id: int):
 
 
 def _client(bridge_id: int):
+    """A client of a registered bridge (a context manager that closes it)."""
     b = backend()
     with b.store.session() as s:
-        return client_for(_bridge(s, bridge_id), b.config)
+        bridge = _bridge(s, bridge_id)
+        url, token = bridge.url, bridge.token
+    return bridge_client(url, token, b.config)
 
 
 @api.route("GET", "/bridges/{bridge_id:int}/health",
            summary="Health check through the bridge's /health", tag=TAG_B,
            response=schemas.BridgeHealthOut)
 def bridge_health(bridge_id: int):
-    client = _client(bridge_id)
+    bridge = _client(bridge_id)  # an unknown bridge id is this request's 404, raised here
     try:
-        health, latency = client.health()
+        with bridge as client:
+            t0 = time.monotonic()
+            health = client.health()
+            latency = round((time.monotonic() - t0) * 1000, 1)  # the round trip, in ms
         out = {"bridge_id": bridge_id, "reachable": True, "latency_ms": latency,
                "health": health, "error": None}
     except HalError as exc:
         # An unreachable bridge is an answer here, not a failure of this request.
         out = {"bridge_id": bridge_id, "reachable": False, "latency_ms": None, "health": None,
                "error": exc.to_dict()}
-    finally:
-        client.close()
     return answer(schemas.BridgeHealthOut, out)
 
 
 @api.route("GET", "/bridges/{bridge_id:int}/devices", summary="The bridge's devices",
            tag=TAG_B, response=schemas.DeviceListOut)
 def bridge_devices(bridge_id: int):
-    client = _client(bridge_id)
-    try:
+    with _client(bridge_id) as client:
         devices = client.devices()
-    finally:
-        client.close()
     return answer(schemas.DeviceListOut, {"bridge_id": bridge_id, "devices": devices})
 
 
@@ -118,11 +121,8 @@ def bridge_devices(bridge_id: int):
            query=[Query("lines", "integer", description="how many recent lines (1..1000)")])
 def observe(bridge_id: int, device_id: str):
     lines = query_int("lines", 20, lo=1, hi=1000)
-    client = _client(bridge_id)
-    try:
+    with _client(bridge_id) as client:
         obs = client.observe(device_id, lines)
-    finally:
-        client.close()
     return answer(schemas.ObservationOut, {"bridge_id": bridge_id, "device_id": device_id,
                                            "lines": list(obs.get("lines", [])),
                                            "last_seq": obs.get("last_seq")})
@@ -153,8 +153,6 @@ def list_all_deployments():
            tag=TAG_D, response=schemas.DeploymentOut,
            query=[Query("wait", "number", description="seconds to wait for the end (<= 60)")])
 def get_deployment(deployment_id: int):
-    import time
-
     b = backend()
     end = time.monotonic() + query_float("wait", 0.0, lo=0.0, hi=60.0)
     while True:

@@ -237,6 +237,13 @@ def test_health_devices_and_wrong_token(sqlite_client, real_bridge):
     assert "refused the token" in r.get_json()["message"]
 
 
+def test_unknown_bridge_id_is_404_not_an_unreachable_bridge(sqlite_client):
+    for path in ("/bridges/999/health", "/bridges/999/devices",
+                 "/bridges/999/devices/x/observe"):
+        r = sqlite_client.get(path)
+        assert r.status_code == 404 and r.get_json()["code"] == "not_found", (path, r.get_json())
+
+
 def _compiled_artifact(client, app, *, board="nano33ble", state="succeeded",
                        error=None) -> int:
     """A dataset of 32x32 images and a compilation holding the real shapes_int8 model (as if

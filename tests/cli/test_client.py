@@ -112,6 +112,13 @@ def _server(script: Script) -> ThreadingHTTPServer:
                     self._send(200, b'{"devices": []}')
             elif self.path == "/notjson":
                 self._send(200, b"hello")
+            elif self.path == "/array":
+                self._send(200, b"[1, 2]")
+            elif self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", "/devices")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             elif self.path == "/slow":
                 threading.Event().wait(2)
                 self._send(200, b"{}")
@@ -211,3 +218,47 @@ def test_stream_without_reconnect_raises(scripted):
             events.append(event)
     assert exc.value.code == "transport_broken" and exc.value.detail["last_seq"] == 3
     assert len([e for e in events if e.event == "line"]) == 3
+
+
+def test_not_a_json_object_or_missing_list_is_transport_broken(scripted):
+    url, _ = scripted
+    client = BridgeClient(url, token=TOKEN, timeout=1)
+    with pytest.raises(HalError) as exc:
+        client._get("/array")
+    assert exc.value.code == "transport_broken" and "JSON object" in exc.value.message
+    with pytest.raises(HalError) as exc:
+        client._list({"devices": "x"}, "devices")
+    assert exc.value.code == "transport_broken" and "'devices'" in exc.value.message
+
+
+def test_redirects_followed_unless_refused(scripted):
+    url, script = scripted
+    assert BridgeClient(url, token=TOKEN, timeout=1)._get("/redirect") == {"devices": []}
+    script.requests.clear()
+    with pytest.raises(HalError) as exc:
+        BridgeClient(url, token=TOKEN, timeout=1, follow_redirects=False)._get("/redirect")
+    assert exc.value.code == "transport_broken" and exc.value.detail["http_status"] == 302
+    assert [r[1] for r in script.requests] == ["/redirect"]  # the target was never asked
+
+
+def test_trust_env_false_ignores_a_proxy_from_the_environment(scripted, monkeypatch):
+    url, _ = scripted
+    with socket.socket() as sock:  # a proxy address nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, dead)
+    with pytest.raises(HalError) as exc:
+        BridgeClient(url, token=TOKEN, timeout=1).devices()
+    assert exc.value.code == "unavailable"
+    assert BridgeClient(url, token=TOKEN, timeout=1, trust_env=False).devices() == []
+
+
+def test_separate_connect_and_read_timeouts(scripted):
+    url, _ = scripted
+    client = BridgeClient(url, timeout=0.3, connect_timeout=2)
+    with pytest.raises(HalError) as exc:
+        client._get("/slow")
+    assert exc.value.code == "timeout" and exc.value.detail["timeout_s"] == [2, 0.3]
