@@ -142,6 +142,14 @@ class _Mcu:
                 self._status = status
         return self._status
 
+    def describe_exit(self) -> str:
+        """``exit N`` / ``signal N`` of the finished run (waits for it)."""
+        status = self.wait()
+        if status is None or status < 0:
+            return "exit unknown"
+        code = os.waitstatus_to_exitcode(status)
+        return f"signal {-code}" if code < 0 else f"exit {code}"
+
     def stop(self) -> None:
         """Power off: kill the run, reap it, close the pipe."""
         if self._status is None:
@@ -433,7 +441,7 @@ class VirtualBoard:
                     continue
                 if not chunk:  # the MCU died (hard fault): the board goes silent
                     log.info("sn=%s sketch stopped (%s): silent", self.serial_number,
-                             mcu.wait() if mcu else "?")
+                             mcu.describe_exit() if mcu else "?")
                     out_fd = None
                     continue
                 pending += chunk

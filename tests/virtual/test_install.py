@@ -154,6 +154,7 @@ def test_hard_fault_silences_the_board_until_the_next_reset(make_driver):
     assert len(first) == 1
     os.kill(first[0], signal.SIGSEGV)
     assert wait_until(lambda: not child_pids(driver.board_pid), 5.0)
+    assert wait_until(lambda: "sketch stopped (signal 11): silent" in driver._log_tail(), 5.0)
     time.sleep(0.3)  # lines already in flight before the fault
     lines = []
     driver.start_observing(lines.append)
