@@ -18,12 +18,22 @@ An install is a sequence of logged, timed steps (:class:`hal.driver.StepRecorder
                      hash must match. Everything else is a classified error: ``wrong_model``,
                      ``alloc_failed`` (fit, with the numbers), ``boot_silent``, ``port_vanished``,
                      ``permission_denied`` (with the fix).
+``rollback``         only when ``verify_boot`` failed with the new firmware on the board but
+                     not running (``alloc_failed``, ``boot_silent``, ``device_error``): the
+                     last *verified* build (kept in ``<device_dir>/verified/`` after every
+                     verified boot) is uploaded again the same way and its model's boot is
+                     verified. The original error is raised with ``detail["rollback"]``:
+                     ``{"ok": true, "running_sha": ...}``, or ``ok`` false with the reason
+                     (``no previously verified model`` on a first install). ``wrong_model``
+                     needs none: the old firmware still runs (``"needed": false``).
 
 Cancellation: before the upload starts a cancel stops everything (arduino-cli's process group
 is killed) and the board keeps its old model. Once the upload has started it is never aborted
 mid-flash: it runs under its own deadline, shielded from the cancel flag, then the boot is
-verified, so the board is on its old model or verified on the new one -- and the install then
-reports ``cancelled`` with that state in ``detail["board_state"]``.
+verified (and rolled back if it does not run), so the board is on its old model or verified
+on the new one -- and the install then reports ``cancelled`` with that state in
+``detail["board_state"]`` (``new_model_verified``, ``old_model``, ``old_model_verified`` after
+a rollback, or ``unknown``).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import replace
@@ -45,6 +56,7 @@ from hal.arduino.cli import (
     ArduinoCli,
     BuildSlot,
     CompileResult,
+    VerifiedStore,
     result_from_record,
 )
 from hal.arduino.serial_link import PortLink
@@ -92,6 +104,10 @@ from hal.protocol import (
 
 log = logging.getLogger(__name__)
 
+# The step after a failed verify_boot that puts the last verified firmware back.
+STEP_ROLLBACK = "rollback"
+# Boot failures after which the new firmware is on the board but does not run the model.
+ROLLBACK_CODES = frozenset({"alloc_failed", "boot_silent", "device_error"})
 _RECENT_LINES = 200
 _TOOLS_CACHE_S = 30.0
 _tools_cache: dict[tuple, tuple[float, dict]] = {}
@@ -102,20 +118,34 @@ class Nano33BleSettings(DriverSettings):
     """Configuration of one Nano 33 BLE. Give ``serial_number`` (preferred: it survives
     re-enumeration and port renames) or ``port``."""
 
-    serial_number: str | None = Field(None, min_length=1, max_length=128)
+    serial_number: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="the board's USB serial number (finds it on any port, after re-enumeration)")
     port: str | None = Field(None, min_length=1, max_length=4096,
                              description="serial port path; a hint when serial_number is set")
     arduino_cli: str | None = Field(None, min_length=1, max_length=4096,
                                     description="arduino-cli executable (overrides the host's)")
     fqbn: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+"
-                             r"(:[A-Za-z0-9_.=,-]+)?$")
+                             r"(:[A-Za-z0-9_.=,-]+)?$",
+                             description="board FQBN for compile and upload (default: the "
+                             "board profile's, arduino:mbed_nano:nano33ble)")
     boot_deadline_s: float | None = Field(None, gt=0, le=600,
-                                          description="overrides the request's boot deadline")
-    compile_timeout_s: float = Field(900.0, gt=0, le=7200)
-    upload_timeout_s: float = Field(180.0, gt=0, le=3600)
-    reenumerate_timeout_s: float = Field(15.0, gt=0, le=600)
-    inference_period_ms: int | None = Field(None, ge=0, le=3_600_000)
-    status_period_ms: int | None = Field(None, ge=100, le=3_600_000)
+                                          description="seconds to wait for the boot line after "
+                                          "an upload (overrides the request's)")
+    compile_timeout_s: float = Field(900.0, gt=0, le=7200,
+                                     description="seconds an arduino-cli compile may take")
+    upload_timeout_s: float = Field(180.0, gt=0, le=3600,
+                                    description="seconds an arduino-cli upload (touch, flash, "
+                                    "reset) may take")
+    reenumerate_timeout_s: float = Field(15.0, gt=0, le=600,
+                                         description="seconds to wait for the board to be "
+                                         "listed before an upload (at most 2 s are used)")
+    inference_period_ms: int | None = Field(None, ge=0, le=3_600_000,
+                                            description="ms between inferences on the board "
+                                            "(0: back to back; default: the template's 1000)")
+    status_period_ms: int | None = Field(None, ge=100, le=3_600_000,
+                                         description="ms between status lines "
+                                         "(default: the template's 5000)")
     virtual_ports_dir: str | None = Field(
         None, max_length=4096, description="also list virtual boards published here"
     )
@@ -297,14 +327,19 @@ class Nano33BleDriver(Driver):
     def info(self) -> DeviceInfo:
         port = self.locate(mode=None)
         detail: dict[str, Any] = {"fqbn": self.fqbn, "running_sha": self._running_sha}
+        connected = port is not None
         if port is not None:
             detail.update(mode=port.mode, location=port.location, virtual=port.virtual)
+        elif self.serial_number() is None and self.settings.port:
+            # Configured by port alone and nothing lists a serial number for it (a board
+            # behind a hub that hides it, a socat pty): the port is there or it is not.
+            connected = _is_tty(self.settings.port)
         return DeviceInfo(
             id=self.device_id,
             driver=self.name,
             board=self.board,
             address=port.device if port else (self._last_port or ""),
-            connected=port is not None,
+            connected=connected,
             serial_number=self.serial_number(),
             detail=detail,
         )
@@ -407,7 +442,15 @@ class Nano33BleDriver(Driver):
         # The last point where a cancel leaves the board untouched.
         deadline.check()
 
-        boot, port_info = self._upload_and_verify(request, report, slot, steps, deadline)
+        verified_record = {
+            "model_sha256": report.sha256,
+            "arena_bytes": arena,
+            "template_version": config.template_version,
+            "board": self.board,
+            "fqbn": self.fqbn,
+        }
+        boot, port_info = self._upload_and_verify(request, report, slot, steps, deadline,
+                                                  verified_record)
         return InstallReport(
             device_id=self.device_id,
             model_sha256=report.sha256,
@@ -430,7 +473,7 @@ class Nano33BleDriver(Driver):
 
     def _upload_and_verify(
         self, request: InstallRequest, report: ModelReport, slot: BuildSlot,
-        steps: StepRecorder, deadline: Deadline,
+        steps: StepRecorder, deadline: Deadline, verified_record: dict[str, Any],
     ) -> tuple[DeviceLine, dict[str, Any]]:
         serial = self.serial_number()
         with steps.step(STEP_UPLOAD) as info:
@@ -453,16 +496,23 @@ class Nano33BleDriver(Driver):
                 self._resume_observation()
                 raise
         try:
-            with steps.step(STEP_VERIFY) as info:
-                vdeadline = Deadline(self._boot_deadline_s(request),
-                                     what=f"boot verification of {self.device_id}")
-                try:
-                    line, port_name = self._verify_boot(report, up.updated_port, vdeadline)
-                except HalError as exc:
-                    if deadline.cancelled:
-                        raise self._cancelled_after_upload(exc) from None
-                    raise
-                info.update(port=port_name, line=to_dict(line))
+            try:
+                with steps.step(STEP_VERIFY) as info:
+                    vdeadline = Deadline(self._boot_deadline_s(request),
+                                         what=f"boot verification of {self.device_id}")
+                    line, port_name = self._verify_boot(
+                        report.sha256, up.updated_port, vdeadline,
+                        arena_estimate_bytes=report.arena_estimate_bytes)
+                    info.update(port=port_name, line=to_dict(line))
+            except HalError as exc:
+                # The new firmware is on the board but does not run the model: put the last
+                # verified one back (shielded from the cancel flag like the upload), then
+                # report the original failure with what the board runs now.
+                exc.detail["rollback"] = self._after_failed_boot(exc, request, steps)
+                if deadline.cancelled:
+                    raise self._cancelled_after_upload(exc) from None
+                raise
+            self._keep_verified(slot, verified_record)
         finally:
             self._resume_observation()
         if deadline.cancelled:
@@ -477,13 +527,100 @@ class Nano33BleDriver(Driver):
                       "updated_upload_port": up.updated_port, "serial_number": serial}
 
     def _cancelled_after_upload(self, exc: HalError) -> Cancelled:
-        state = "old_model" if exc.code == "wrong_model" else "unknown"
+        rollback = exc.detail.get("rollback") or {}
+        if exc.code == "wrong_model":
+            state = "old_model"
+        elif rollback.get("ok"):
+            state = "old_model_verified"
+        else:
+            state = "unknown"
         return Cancelled(
             f"cancel arrived during the upload, which was finished; then boot verification "
             f"failed: {exc.message}",
             board_state=state,
+            rollback=rollback,
             error=exc.to_dict(),
         )
+
+    # -------------------------------------------------------------------------- rollback
+
+    def verified_store(self) -> VerifiedStore:
+        """Where this device keeps the last build output that booted verified."""
+        return VerifiedStore(self.context.device_dir(self.name, self.device_id))
+
+    def _keep_verified(self, slot: BuildSlot, record: dict[str, Any]) -> None:
+        """Remember the build that just booted verified, to roll back to later. A failure
+        here does not undo a verified install: the previous verified image (still a working
+        model) stays the rollback target, and the failure is logged."""
+        try:
+            self.verified_store().save(slot.outputs(), record)
+            log.info("device=%s kept verified image of model %s", self.device_id,
+                     record.get("model_sha256", "")[:16])
+        except (OSError, ValueError) as exc:
+            log.warning("device=%s could not keep the verified image: %s", self.device_id, exc)
+
+    def _after_failed_boot(
+        self, exc: HalError, request: InstallRequest, steps: StepRecorder
+    ) -> dict[str, Any]:
+        """What the board runs after the boot verification failed with ``exc`` (rolling back
+        when the new firmware is there but does not run). Never raises: the original error
+        is what the caller reports."""
+        if exc.code == "wrong_model":
+            return {"ok": True, "needed": False, "running_sha": exc.detail.get("running_sha"),
+                    "reason": "the board still runs its old model: the new firmware did not "
+                    "take, so nothing was rolled back"}
+        if exc.code not in ROLLBACK_CODES:
+            # port_vanished / permission_denied: the board cannot be reached to re-flash it.
+            return {"ok": False, "needed": True,
+                    "reason": f"not attempted after {exc.code}: the board cannot be reached"}
+        try:
+            return self._rollback(request, steps)
+        except Exception as rexc:  # never hide the original error behind the rollback's
+            err = as_hal_error(rexc)
+            return {"ok": False, "needed": True, "reason": err.message, "error": err.to_dict()}
+
+    def _rollback(self, request: InstallRequest, steps: StepRecorder) -> dict[str, Any]:
+        """Re-upload the last verified image (1200-bps touch, re-enumeration by serial
+        number, like any upload) and verify that its model boots again."""
+        try:
+            stored = self.verified_store().load()
+        except ValueError as damage:
+            reason = f"the last verified image is damaged and was not uploaded: {damage}"
+            log.warning("device=%s %s", self.device_id, reason)
+            steps.skip(STEP_ROLLBACK, reason)
+            return {"ok": False, "needed": True, "reason": reason}
+        if stored is None:
+            reason = "no previously verified model"
+            steps.skip(STEP_ROLLBACK, reason)
+            return {"ok": False, "needed": True, "reason": reason}
+        input_dir, record = stored
+        sha = str(record["model_sha256"])
+        fqbn = str(record.get("fqbn") or self.fqbn)
+        try:
+            with steps.step(STEP_ROLLBACK, model_sha256=sha, arena_bytes=record.get(
+                    "arena_bytes"), template_version=record.get("template_version")) as info:
+                # Shielded deadlines: a rollback that has started always finishes.
+                port = self._upload_port(Deadline(self.settings.upload_timeout_s,
+                                                  what=f"rollback of {self.device_id}"))
+                info["port"] = port.device
+                up = self.cli().upload(
+                    port.device, fqbn, input_dir,
+                    Deadline(self.settings.upload_timeout_s,
+                             what=f"rollback upload to {self.device_id}"),
+                    on_line=self._tool_line("rollback"))
+                line, port_name = self._verify_boot(
+                    sha, up.updated_port,
+                    Deadline(self._boot_deadline_s(request),
+                             what=f"rollback boot verification of {self.device_id}"),
+                    arena_estimate_bytes=record.get("arena_bytes"))
+                info.update(port=port_name, line=to_dict(line))
+        except HalError as rexc:
+            return {"ok": False, "needed": True, "model_sha256": sha,
+                    "reason": f"the rollback failed: {rexc.message}", "error": rexc.to_dict()}
+        log.info("device=%s rolled back to verified model %s", self.device_id, sha[:16])
+        return {"ok": True, "needed": True, "running_sha": line.sha, "model_sha256": sha,
+                "arena_bytes": record.get("arena_bytes"),
+                "template_version": record.get("template_version"), "boot": to_dict(line)}
 
     def _upload_port(self, deadline: Deadline) -> discovery.PortInfo:
         """The port to upload to: the board found by its serial number; a configured port is
@@ -541,9 +678,10 @@ class Nano33BleDriver(Driver):
     # ---------------------------------------------------------------------- verification
 
     def _verify_boot(
-        self, report: ModelReport, hint: str | None, deadline: Deadline
+        self, sha256: str, hint: str | None, deadline: Deadline,
+        arena_estimate_bytes: int | None = None,
     ) -> tuple[DeviceLine, str]:
-        """Wait for the boot or status line of the new model on the board's port."""
+        """Wait for the boot or status line of the model ``sha256`` on the board's port."""
         serial = self.serial_number()
         window = deadline.remaining()
         ever_opened = False
@@ -594,18 +732,18 @@ class Nano33BleDriver(Driver):
                                 raw_samples.append(line.text[:120])
                             continue
                         if isinstance(line, (BootLine, StatusLine)):
-                            if sha_matches(line.sha, report.sha256):
+                            if sha_matches(line.sha, sha256):
                                 return line, port_name
                             raise DeviceError(
                                 "wrong_model",
                                 f"the board runs model {line.sha}, not the installed "
-                                f"{report.sha_prefix}: the old firmware is still there",
-                                expected_sha=report.sha_prefix,
+                                f"{sha256[:16]}: the old firmware is still there",
+                                expected_sha=sha256[:16],
                                 running_sha=line.sha,
                                 line=to_dict(line),
                             )
                         if isinstance(line, ErrorLine):
-                            raise _error_line_failure(line, report)
+                            raise _error_line_failure(line, arena_estimate_bytes)
                         inference_lines += 1
                     if deadline.cancelled:
                         deadline.check()
@@ -667,7 +805,16 @@ class Nano33BleDriver(Driver):
             observer.resume()
 
 
-def _error_line_failure(line: ErrorLine, report: ModelReport) -> HalError:
+def _is_tty(path: str) -> bool:
+    """True when ``path`` exists and is a character device (a serial port or pty); the port
+    is not opened (opening a serial port can reset a board)."""
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _error_line_failure(line: ErrorLine, arena_estimate_bytes: int | None) -> HalError:
     numbers = dict(line.numbers)
     if line.code == "alloc_failed":
         arena = numbers.get("arena")
@@ -676,7 +823,7 @@ def _error_line_failure(line: ErrorLine, report: ModelReport) -> HalError:
             f"the board could not allocate the tensor arena ({arena} B): AllocateTensors() "
             f"failed; the model needs a bigger arena than was compiled in",
             arena_bytes=arena,
-            arena_estimate_bytes=report.arena_estimate_bytes,
+            arena_estimate_bytes=arena_estimate_bytes,
             device_message=line.message,
             **{k: v for k, v in numbers.items() if k != "arena"},
         )

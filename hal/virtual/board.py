@@ -29,6 +29,9 @@ Misbehaviour on request (``--fault``): ``never_boot`` (the sketch never prints),
 (disappears half-way through an upload and comes back on the old image),
 ``permission_denied`` (the port's node is mode 000), ``garbage`` (garbage bytes and UTF-8
 sequences split across writes between valid lines), ``flood`` (inference as fast as possible).
+``--silent-model SHA_PREFIX`` makes only the firmware of that model hard-fault at boot (silent),
+as a new build that overflows its stack would, while every other image still boots: a failed
+install and the rollback to the previous firmware on one board.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ import tty
 import zlib
 from pathlib import Path
 
+from hal.virtual import image as image_mod
 from hal.virtual import mcu as mcu_mod
 
 log = logging.getLogger("hal.virtual.board")
@@ -292,6 +296,7 @@ class VirtualBoard:
         reenumerate_s: float = 0.15,
         location: str | None = None,
         parent_pid: int | None = None,
+        silent_models: tuple[str, ...] = (),
     ) -> None:
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
@@ -305,6 +310,7 @@ class VirtualBoard:
         self.reenumerate_s = reenumerate_s
         self.location = location or f"virtual-{serial_number}"
         self.parent_pid = parent_pid
+        self.silent_models = tuple(p.lower() for p in silent_models if p)
         self.generation = 0
         self.ports_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -378,6 +384,15 @@ class VirtualBoard:
             log.warning("sn=%s cannot boot: the interpreter did not import (%s): silent",
                         self.serial_number, self._preload_error)
             return None
+        if self.silent_models:
+            try:
+                sha = image_mod.read(self.flash_path).sha256
+            except (OSError, image_mod.ImageError):
+                sha = ""
+            if any(sha.startswith(prefix) for prefix in self.silent_models):
+                log.info("sn=%s fault silent_models: model %s hard-faults at boot: silent",
+                         self.serial_number, sha[:16])
+                return None
         return _Mcu.fork(str(self.flash_path), self.fault == "flood")
 
     def _garbage(self) -> list[bytes]:
@@ -571,6 +586,9 @@ def main(argv: list[str] | None = None) -> int:
                         "point TINYML_VIRTUAL_PORTS at it)")
     parser.add_argument("--state-dir", required=True, help="where the flashed image persists")
     parser.add_argument("--fault", choices=FAULTS, help="misbehave on purpose")
+    parser.add_argument("--silent-model", action="append", default=[], metavar="SHA_PREFIX",
+                        help="a firmware whose model sha256 starts with this hard-faults at "
+                        "boot and never prints (other images boot normally); repeatable")
     parser.add_argument("--rename-on-touch", action="store_true",
                         help="re-appear under a new port name after each upload")
     parser.add_argument("--host-wait-s", type=float, default=2.0,
@@ -595,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         bootloader_timeout_s=args.bootloader_timeout_s,
         location=args.location,
         parent_pid=os.getppid() if args.exit_with_parent else None,
+        silent_models=tuple(args.silent_model),
     )
     return board.run()
 

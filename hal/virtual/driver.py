@@ -7,13 +7,16 @@ and its compile cache, finding the board by serial number, the upload, boot veri
 observation -- runs as is; only the tool command, the port directory and the board process
 differ. Configure it in the bridge with ``driver = "virtual-nano33ble"`` and optionally a
 ``fault`` (``never_boot``, ``old_model``, ``vanish_on_upload``, ``permission_denied``,
-``garbage``, ``flood``).
+``garbage``, ``flood``), or ``silent_models`` (the firmware of those models hard-faults at
+boot while every other image boots: a failed install and its rollback on one board).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from hal.arduino import discovery
 from hal.arduino.driver import Nano33BleDriver, Nano33BleSettings
@@ -53,16 +56,36 @@ class VirtualNano33BleSettings(Nano33BleSettings):
     serial_number: str | None = Field(None, min_length=1, max_length=64,
                                       pattern=r"^[A-Za-z0-9_-]+$",
                                       description="default: derived from the device id")
-    fault: Fault | None = None
-    inference_period_ms: int | None = Field(200, ge=0, le=3_600_000)
-    status_period_ms: int | None = Field(1000, ge=100, le=3_600_000)
-    rename_on_touch: bool = False
-    compile_delay_s: float = Field(0.0, ge=0, le=600)
+    fault: Fault | None = Field(None, description="make the board misbehave on purpose: "
+                                "never_boot, old_model, vanish_on_upload, permission_denied, "
+                                "garbage or flood")
+    silent_models: list[str] = Field(
+        default_factory=list, max_length=16,
+        description="model sha256 prefixes (8-64 hex) whose firmware hard-faults at boot")
+    inference_period_ms: int | None = Field(200, ge=0, le=3_600_000,
+                                            description="ms between inferences on the board "
+                                            "(0: back to back)")
+    status_period_ms: int | None = Field(1000, ge=100, le=3_600_000,
+                                         description="ms between status lines")
+    rename_on_touch: bool = Field(False, description="re-appear under a new port name after "
+                                  "each upload, as some hosts do")
+    compile_delay_s: float = Field(0.0, ge=0, le=600,
+                                   description="seconds the stand-in compile takes (simulated)")
     upload_kbps: float = Field(0.0, ge=0, le=1_000_000,
                                description="throttle the flash write (0: as fast as possible)")
-    host_wait_s: float = Field(2.0, ge=0, le=60)
+    host_wait_s: float = Field(2.0, ge=0, le=60,
+                               description="seconds the sketch waits for the host to open the "
+                               "port before printing")
     cli_format: str = Field("1.x", pattern=r"^[01]\.[0-9x]+$",
                             description="arduino-cli JSON format the stand-in speaks")
+
+    @field_validator("silent_models")
+    @classmethod
+    def _hex_prefixes(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            if not re.fullmatch(r"[0-9a-fA-F]{8,64}", prefix):
+                raise ValueError(f"{prefix!r} is not a sha256 prefix of 8-64 hex digits")
+        return [p.lower() for p in value]
 
     @model_validator(mode="after")
     def _needs_identity(self) -> VirtualNano33BleSettings:
@@ -116,14 +139,17 @@ class VirtualNano33BleDriver(Nano33BleDriver):
     def check_tools(cls, context: DriverContext) -> dict[str, Any]:
         result = dict(super().check_tools(context))
         checks = list(result.get("checks", []))
+        # Located, not imported: the import (numpy included) would cost the daemon ~17 MB;
+        # the board process imports it when it boots an image.
         try:
-            import tflite_micro  # noqa: F401  (the virtual board's interpreter)
-
-            checks.append({"check": "tflite_micro", "ok": True, "message": "importable",
-                           "fix": ""})
-        except ImportError as exc:
-            checks.append({"check": "tflite_micro", "ok": False, "message": str(exc),
-                           "fix": "pip install 'tinyml-bridge[analysis]' (x86_64 only)"})
+            found = importlib.util.find_spec("tflite_micro") is not None
+        except (ImportError, ValueError):
+            found = False
+        checks.append({"check": "tflite_micro", "ok": found,
+                       "message": "installed (imported by the board process)" if found
+                       else "tflite_micro is not installed",
+                       "fix": "" if found
+                       else "pip install 'tinyml-bridge[analysis]' (x86_64 only)"})
         checks = [c for c in checks if c["check"] != "serial_permission"]  # ptys are ours
         result["checks"] = checks
         result["available"] = all(c["ok"] for c in checks)
@@ -152,6 +178,8 @@ class VirtualNano33BleDriver(Nano33BleDriver):
                 argv += ["--fault", s.fault]
             if s.rename_on_touch:
                 argv.append("--rename-on-touch")
+            for prefix in s.silent_models:
+                argv += ["--silent-model", prefix]
             logf = open(self._board_dir / "board.log", "ab")  # noqa: SIM115 (owned by Popen)
             try:
                 self._proc = subprocess.Popen(

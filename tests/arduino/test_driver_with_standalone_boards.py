@@ -144,3 +144,46 @@ def test_check_tools_reports_a_missing_arduino_cli(tmp_path):
     assert not result["available"]
     bad = [c for c in result["checks"] if not c["ok"]]
     assert bad[0]["check"] == "arduino-cli" and "install arduino-cli" in bad[0]["fix"]
+
+
+def test_port_only_device_without_a_listed_serial_is_connected_while_its_tty_exists(tmp_path):
+    """A board configured by ``port`` alone whose port lists no serial number (here a bare
+    pseudo-terminal, as socat makes): connected while the tty is there, its lines arrive,
+    and not connected once it is gone or when the path is not a tty."""
+    import os
+
+    master, slave = os.openpty()
+    fds = [master, slave]
+    link = tmp_path / "ttyBARE"
+    link.symlink_to(os.ttyname(slave))
+    empty = tmp_path / "no-virtual-boards"
+    empty.mkdir()
+    ctx = DriverContext(state_dir=tmp_path / "state")
+    driver = build_driver("nano33ble", "bare", {"port": str(link),
+                                                "virtual_ports_dir": str(empty)}, ctx)
+    lines: list = []
+    try:
+        assert driver.serial_number() is None
+        info = driver.info()
+        assert info.connected and info.address == str(link)
+        driver.start_observing(lines.append)
+        end = time.monotonic() + 5
+        while time.monotonic() < end and not lines:
+            os.write(master, b"hello from a bare port\n")
+            time.sleep(0.1)
+        assert any(getattr(x, "text", "") == "hello from a bare port" for x in lines)
+        driver.stop_observing()
+        while fds:  # unplugged
+            os.close(fds.pop())
+        link.unlink()
+        assert not driver.info().connected
+        not_a_tty = tmp_path / "plain-file"
+        not_a_tty.write_text("")
+        other = build_driver("nano33ble", "file", {"port": str(not_a_tty),
+                                                   "virtual_ports_dir": str(empty)}, ctx)
+        assert not other.info().connected
+        other.close()
+    finally:
+        driver.close()
+        for fd in fds:
+            os.close(fd)

@@ -142,6 +142,9 @@ def test_boot_silent_when_the_sketch_never_prints(make_driver):
     with pytest.raises(DeviceError) as ei:
         driver.install(InstallRequest(model=SPEECH), Deadline(30))
     assert ei.value.code == "boot_silent" and ei.value.detail["raw_lines"] == 0
+    # a first install has nothing to roll back to, and says so
+    assert ei.value.detail["rollback"] == {"ok": False, "needed": True,
+                                           "reason": "no previously verified model"}
 
 
 def test_hard_fault_silences_the_board_until_the_next_reset(make_driver):
@@ -379,6 +382,9 @@ def test_virtual_board_without_tflm_alloc_margin_settings_are_validated(context)
         build_driver("virtual-nano33ble", "x", {"bogus": 1}, context)
     with pytest.raises(ValidationError):
         build_driver("nano33ble", "x", {}, context)  # needs serial_number or port
+    for hostile in (["xyz"], ["1234567"], ["0" * 65], ["abcd1234; rm -rf /"], ["a" * 8] * 17):
+        with pytest.raises(ValidationError):
+            build_driver("virtual-nano33ble", "x", {"silent_models": hostile}, context)
 
 
 def test_board_restart_boots_the_last_flashed_model(make_driver):
@@ -426,3 +432,37 @@ def test_identical_model_on_two_boards_compiles_once(make_driver, compiles):
     skipped = [d for s, st, d in progress if s == "compile" and st == "skipped"]
     assert "another board" in skipped[0]["reason"]
     assert flashed_sha(b) == sha(SPEECH)
+
+
+def test_tools_check_finds_tflite_micro_without_importing_it(tmp_path):
+    """The daemon only locates the interpreter (an import costs ~17 MB and numpy); a
+    missing one is reported with the fix."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.virtual.helpers import REPO
+
+    probe = (
+        "import json, sys\n"
+        "{block}"
+        "from hal.driver import DriverContext, get_driver_class\n"
+        "cls = get_driver_class('virtual-nano33ble')\n"
+        "r = cls.check_tools(DriverContext(state_dir=sys.argv[1]))\n"
+        "c = [c for c in r['checks'] if c['check'] == 'tflite_micro'][0]\n"
+        "mods = [m for m in ('tflite_micro', 'numpy') if m in sys.modules]\n"
+        "print(json.dumps({'check': c, 'available': r['available'], 'imported': mods}))\n"
+    )
+
+    def run(block: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", probe.replace("{block}", block), str(tmp_path)],
+                             capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.splitlines()[-1])
+
+    present = run("")
+    assert present["check"]["ok"] and present["imported"] == [] and present["available"]
+    # an import blocked the standard way: sys.modules[name] = None
+    absent = run("sys.modules['tflite_micro'] = None\n")
+    assert not absent["check"]["ok"] and "pip install" in absent["check"]["fix"]
+    assert not absent["available"]
