@@ -137,9 +137,9 @@ class Nano33BleSettings(DriverSettings):
     upload_timeout_s: float = Field(180.0, gt=0, le=3600,
                                     description="seconds an arduino-cli upload (touch, flash, "
                                     "reset) may take")
-    reenumerate_timeout_s: float = Field(15.0, gt=0, le=600,
+    reenumerate_timeout_s: float = Field(2.0, gt=0, le=600,
                                          description="seconds to wait for the board to be "
-                                         "listed before an upload (at most 2 s are used)")
+                                         "listed (again) before an upload")
     inference_period_ms: int | None = Field(None, ge=0, le=3_600_000,
                                             description="ms between inferences on the board "
                                             "(0: back to back; default: the template's 1000)")
@@ -633,7 +633,7 @@ class Nano33BleDriver(Driver):
                 "serial number is listed there; configure serial_number",
                 port=self.settings.port,
             )
-        wait = deadline.sub(min(2.0, self.settings.reenumerate_timeout_s), "finding the board")
+        wait = deadline.sub(self.settings.reenumerate_timeout_s, "finding the board")
         port = discovery.wait_for_board(serial, wait, self._ports_dir(), mode=None,
                                         include_usb=self.include_usb)
         if port is None:
