@@ -40,6 +40,8 @@ STEP_PREFLIGHT = "preflight"
 STEP_UPLOAD = "upload"
 STEP_START = "start"
 STEP_VERIFY = "verify_boot"
+# After a failed boot: the last verified image is flashed back (MCU targets).
+STEP_ROLLBACK = "rollback"
 
 # (step, status, detail); status is "started", "done", "skipped" or "failed".
 ProgressFn = Callable[[str, str, dict], None]

@@ -67,6 +67,7 @@ from hal.driver import (
     STEP_FIT,
     STEP_FIT_BUILD,
     STEP_RENDER,
+    STEP_ROLLBACK,
     STEP_UPLOAD,
     STEP_VALIDATE,
     STEP_VERIFY,
@@ -104,8 +105,6 @@ from hal.protocol import (
 
 log = logging.getLogger(__name__)
 
-# The step after a failed verify_boot that puts the last verified firmware back.
-STEP_ROLLBACK = "rollback"
 # Boot failures after which the new firmware is on the board but does not run the model.
 ROLLBACK_CODES = frozenset({"alloc_failed", "boot_silent", "device_error"})
 _RECENT_LINES = 200
