@@ -47,6 +47,7 @@ class DeviceSlot:
         self.observing = False
         self._observe_error = False
         self._info_cache: tuple[float, dict[str, Any]] | None = None
+        self._info_refresh = threading.Lock()
 
     # Called from the driver's observation thread.
     def on_line(self, line: DeviceLine) -> None:
@@ -73,6 +74,17 @@ class DeviceSlot:
         cached = self._info_cache
         if cached is not None and now - cached[0] < INFO_TTL_S:
             return cached[1]
+        # One thread refreshes; under load the others answer from the stale copy instead of
+        # all rescanning the ports at once (a stampede that once took p99 past a second).
+        if not self._info_refresh.acquire(blocking=cached is None):
+            return cached[1]
+        try:
+            return self._refresh_info()
+        finally:
+            self._info_refresh.release()
+
+    def _refresh_info(self) -> dict[str, Any]:
+        now = time.monotonic()
         try:
             info = self.driver.info()
             # Plain attribute reads: dataclasses.asdict deep-copies and costs more than the
