@@ -101,12 +101,21 @@ class DeviceSlot:
         self._info_cache = (now, data)
         return data
 
+    def _rolled_back(self) -> bool:
+        """The last install failed but the driver put the verified model back and saw it
+        boot: the device runs that model (the failure stays in ``last_error``)."""
+        detail = (self.last_error or {}).get("detail") or {}
+        rollback = detail.get("rollback") if isinstance(detail, dict) else None
+        return (isinstance(rollback, dict) and rollback.get("ok") is True
+                and self.model is not None
+                and self.model["sha256"].startswith(str(rollback.get("running_sha") or "-")))
+
     def describe(self) -> dict[str, Any]:
         """The API's Device object."""
         info = self.info()
         if self.job_id is not None:
             state = "installing"
-        elif self.last_outcome in ("failed", "interrupted"):
+        elif self.last_outcome in ("failed", "interrupted") and not self._rolled_back():
             state = "failed"
         elif self.model is not None:
             state = "running"

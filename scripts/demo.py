@@ -202,12 +202,18 @@ class Demo:
         self.say("")
         self.cli("devices")
         dev = client.device(DEVICE)
-        self.expect(dev.get("state") == "failed", "the device is marked failed")
+        rollback = ((failed.get("error") or {}).get("detail") or {}).get("rollback") or {}
+        self.expect(rollback.get("ok") is True and sha.startswith(
+            str(rollback.get("running_sha"))), "the driver flashed the previously verified "
+            "model back and saw it boot")
+        self.expect(dev.get("state") == "running" and (dev.get("last_error") or {}).get(
+            "code") == "alloc_failed", "the device runs its verified model; the failure is "
+            "its last error")
         self.expect((dev.get("model") or {}).get("sha256") == job.get("model_sha256"),
                     "the record of the last verified model is not replaced by an unverified "
                     "one")
 
-        self.say("\nrecover: the same model with the arena the bridge computes")
+        self.say("\nthe same model again, with the arena the bridge computes")
         proc = self.cli("install", DEVICE, str(model.relative_to(REPO)), capture=True, tail=1)
         self.expect(proc.returncode == 0 and "verified boot" in proc.stdout,
                     "the re-install is verified")

@@ -149,6 +149,9 @@ def render_error(err: dict[str, Any]) -> str:
         for key, value in detail.items():
             if key in ("fix", "http_status"):
                 continue
+            if key == "rollback" and isinstance(value, dict):
+                lines.append(f"  rollback: {render_rollback(value)}")
+                continue
             if isinstance(value, dict):
                 if key == "running_job" or "id" in value:
                     value = value.get("id", value)
@@ -161,6 +164,16 @@ def render_error(err: dict[str, Any]) -> str:
         if fix:
             lines.append(click.style(f"  fix: {fix}", fg="cyan"))
     return "\n".join(lines)
+
+
+def render_rollback(rollback: dict[str, Any]) -> str:
+    """What the device runs after a failed install (the driver's ``detail.rollback``)."""
+    sha = str(rollback.get("running_sha") or "")[:16]
+    if rollback.get("ok") and rollback.get("needed", True):
+        return f"the previously verified model {sha} was flashed back and booted"
+    if rollback.get("ok"):
+        return f"not needed: {rollback.get('reason') or f'the device still runs {sha}'}"
+    return click.style(f"not done: {rollback.get('reason', 'unknown reason')}", fg="yellow")
 
 
 # -------------------------------------------------------------------------------- devices

@@ -86,7 +86,13 @@ def test_alloc_failure_is_a_failure_never_a_success(vbridge):
     assert job["error"]["code"] == "alloc_failed" and job["error"]["class"] == "fit"
     assert job["error"]["detail"]["arena_bytes"] == 1024
     dev = vbridge.get("/devices/vnano").json()
-    assert dev["state"] == "failed" and dev["last_error"]["code"] == "alloc_failed"
+    assert dev["last_error"]["code"] == "alloc_failed"
+    rollback = job["error"]["detail"]["rollback"]
+    if dev["model"] is None:  # nothing verified before: nothing to go back to
+        assert rollback["ok"] is False and dev["state"] == "failed"
+    else:  # the verified model was flashed back and booted: the device runs it again
+        assert rollback["ok"] is True and dev["state"] == "running"
+        assert dev["model"]["sha256"].startswith(rollback["running_sha"])
 
 
 def test_legacy_install_reports_a_silent_board_as_failure(vbridge):

@@ -169,3 +169,20 @@ def test_oversized_vectors_file(tmp_path):
         fh.write("[[" + "1," * (9 * 1024 * 1024) + "1]]")
     with pytest.raises(click.BadParameter, match="larger than"):
         load_vectors(path)
+
+
+@pytest.mark.parametrize(("rollback", "expected"), [
+    ({"ok": True, "needed": True, "running_sha": "af5285ae154dc2400e98"},
+     "rollback: the previously verified model af5285ae154dc240 was flashed back and booted"),
+    ({"ok": True, "needed": False, "running_sha": "af5285ae154dc240",
+      "reason": "the board still runs its old model"},
+     "rollback: not needed: the board still runs its old model"),
+    ({"ok": False, "needed": True, "reason": "no previously verified model"},
+     "rollback: not done: no previously verified model"),
+])
+def test_error_says_what_the_device_runs_after_a_rollback(rollback, expected):
+    err = {"code": "alloc_failed", "class": "fit", "message": "m",
+           "detail": {"arena_bytes": 1024, "rollback": rollback}}
+    out = plain(render.render_error(err))
+    assert expected in out.splitlines()[-1]
+    assert "arena_bytes: 1,024" in out or "arena_bytes: 1024" in out
