@@ -230,18 +230,34 @@ class RpiDriver(Driver):
     def _run(self, script: str, deadline: Deadline, what: str):
         return self.session.run(script, self._cmd_deadline(deadline, what), what=what)
 
+    def _probe(self, sha: str, deadline: Deadline) -> preflight.TargetFacts:
+        try:
+            return preflight.probe(self.session, self._python, self.settings.workdir, sha,
+                                   deadline)
+        except DeviceError as exc:
+            if exc.code != "runtime_missing" or self._python == self.settings.python:
+                raise
+            # The venv this driver used is gone (workdir wiped): start over from the
+            # configured interpreter.
+            log.warning("device=%s %s disappeared; back to %s", self.device_id, self._python,
+                        self.settings.python)
+            self._python = self.settings.python
+            return preflight.probe(self.session, self._python, self.settings.workdir, sha,
+                                   deadline)
+
     def _preflight(self, sha: str, deadline: Deadline,
                    steps: StepRecorder) -> preflight.TargetFacts:
         sub = self._cmd_deadline(deadline, "preflight")
-        facts = preflight.probe(self.session, self._python, self.settings.workdir, sha, sub)
+        facts = self._probe(sha, sub)
         self._facts = facts
         try:
             preflight.choose_runtime(facts)
         except DeviceError as exc:
-            if exc.code != "runtime_missing":
+            if exc.code != "runtime_missing" or not self.settings.install_runtime:
                 raise
-            if facts.venv_python and self._python != facts.venv_python and \
-                    self.settings.install_runtime:
+            if facts.venv_python and self._python != facts.venv_python:
+                # An earlier install (maybe by another bridge process) left a venv: try it
+                # before installing anything.
                 self._python = facts.venv_python
                 facts = preflight.probe(self.session, self._python, self.settings.workdir,
                                         sha, sub)
@@ -249,42 +265,57 @@ class RpiDriver(Driver):
                     preflight.choose_runtime(facts)
                 except DeviceError:
                     facts = self._install_runtime(facts, sha, deadline, steps)
-            elif self.settings.install_runtime:
-                facts = self._install_runtime(facts, sha, deadline, steps)
+                else:
+                    self._venv_reused(facts, steps)
             else:
-                raise
+                facts = self._install_runtime(facts, sha, deadline, steps)
+        else:
+            if self.settings.install_runtime and self._python == facts.venv_python:
+                self._venv_reused(facts, steps)
         self._facts = facts
         return facts
 
+    def _venv_reused(self, facts: preflight.TargetFacts, steps: StepRecorder) -> None:
+        steps.skip(STEP_INSTALL_RUNTIME, f"the runtime is already installed in "
+                   f"{facts.workdir}/venv", venv=f"{facts.workdir}/venv",
+                   python=self._python, runtimes=facts.runtimes, numpy=facts.numpy)
+
     def _install_runtime(self, facts: preflight.TargetFacts, sha: str, deadline: Deadline,
                          steps: StepRecorder) -> preflight.TargetFacts:
-        """pip-install the interpreter into ``<workdir>/venv`` (never system-wide), as its
-        own logged step; the runner then uses that venv's python."""
+        """pip-install the interpreter into ``<workdir>/venv`` (never system-wide), as the
+        SSH user, as its own logged step; the runner then uses that venv's python.
+
+        The venv is made by the configured ``python`` (so it has that Python's version and
+        architecture, which pip then matches wheels against); wheels only (PIP_OPTIONS)."""
         venv = f"{facts.workdir}/venv"
         packages = preflight.pip_packages(facts)
         with steps.step(STEP_INSTALL_RUNTIME, venv=venv, packages=packages) as info:
             log.warning("device=%s installing %s into %s on the target (install_runtime = "
                         "true)", self.device_id, " ".join(packages), venv)
             base = self.settings.python
+            pip = [venv + "/bin/python", "-m", "pip", "install", *preflight.PIP_OPTIONS,
+                   *self.settings.pip_args, *packages]
             script = (
                 f"{quote_args([base, '-m', 'venv', venv])} || exit 10\n"
-                f"{quote_args([venv + '/bin/python', '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check', *self.settings.pip_args, *packages])}"  # noqa: E501
-                " || exit 11\n"
+                f"{quote_args(pip)} || exit 11\n"
             )
             res = self.session.run(script, deadline.sub(900.0, "install runtime"),
                                    what="install runtime")
             info.update(status=res.status)
             if not res.ok:
                 stage = "creating the venv" if res.status == 10 else "pip install"
+                fix = preflight.install_hint(facts)
+                if res.status == 10 and b"ensurepip" in res.stderr:
+                    fix = "on the target: sudo apt install python3-venv"
                 raise DeviceError("runtime_missing", f"installing the runtime failed while "
                                   f"{stage}: {res.err_text(600)}", venv=venv,
                                   packages=packages, status=res.status,
-                                  stderr_tail=res.err_text(), fix=preflight.install_hint(facts))
+                                  stderr_tail=res.err_text(), fix=fix)
             self._python = venv + "/bin/python"
             facts = preflight.probe(self.session, self._python, self.settings.workdir, sha,
                                     self._cmd_deadline(deadline, "preflight"))
             preflight.choose_runtime(facts)
-            info.update(runtimes=facts.runtimes)
+            info.update(python=self._python, runtimes=facts.runtimes, numpy=facts.numpy)
         return facts
 
     def _start(self, supervisor: Supervisor, sha: str, source: str,
@@ -339,9 +370,26 @@ class RpiDriver(Driver):
 
     def _ensure_facts(self, deadline: Deadline) -> preflight.TargetFacts:
         if self._facts is None:
-            self._facts = preflight.probe(self.session, self._python, self.settings.workdir,
-                                          "0" * 64, self._cmd_deadline(deadline, "preflight"))
+            self._facts = self._probe_any(deadline)
         return self._facts
+
+    def _probe_any(self, deadline: Deadline) -> preflight.TargetFacts:
+        """Probe outside an install. With ``install_runtime``, a venv an earlier install left
+        on the target is adopted when the configured python lacks the runtime (a restarted
+        bridge must restart the runner with the python it was installed with)."""
+        sub = self._cmd_deadline(deadline, "preflight")
+        facts = self._probe("0" * 64, sub)
+        if self.settings.install_runtime and facts.venv_python and \
+                self._python != facts.venv_python:
+            try:
+                preflight.choose_runtime(facts)
+            except DeviceError as exc:
+                if exc.code != "runtime_missing":
+                    raise
+                self._python = facts.venv_python
+                facts = preflight.probe(self.session, self._python, self.settings.workdir,
+                                        "0" * 64, sub)
+        return facts
 
     def runner_status(self, deadline: Deadline) -> dict[str, Any]:
         """``{"state": "running"|"stopped", "pids": [...], "current": sha|None}``."""
@@ -366,8 +414,7 @@ class RpiDriver(Driver):
         """Restart the ``current`` deployment and verify its boot against the hash it was
         deployed with (``wrong_model`` when the file on the target no longer matches)."""
         with self._exclusive("restart"):
-            facts = preflight.probe(self.session, self._python, self.settings.workdir,
-                                    "0" * 64, self._cmd_deadline(deadline, "preflight"))
+            facts = self._probe_any(deadline)
             self._facts = facts
             if not facts.current:
                 raise DeviceError("device_error", "nothing is deployed on the target",
@@ -493,8 +540,7 @@ class RpiDriver(Driver):
             add("ssh", False, err.message, str(err.detail.get("fix", "")))
             return checks
         try:
-            facts = preflight.probe(self.session, self._python, self.settings.workdir,
-                                    "0" * 64, self._cmd_deadline(deadline, "preflight"))
+            facts = self._probe_any(deadline)
             self._facts = facts
             runtime = preflight.choose_runtime(facts)
             add("runtime", True, f"{runtime} {facts.runtimes.get(runtime)} on Python "

@@ -191,6 +191,9 @@ def choose_runtime(facts: TargetFacts) -> str:
     if py < (3, 8):
         raise DeviceError("target_unsupported", f"Python {numbers['python']} is too old for "
                           "the runner (3.8 or newer)", **numbers)
+    if not any(facts.runtimes.values()):
+        # Before the NumPy check: installing NumPy would not help, nothing can be installed.
+        _check_installable(facts, numbers)
     if facts.numpy is None:
         raise DeviceError("runtime_missing", "NumPy is not importable on the target",
                           fix=install_hint(facts), **numbers)
@@ -204,24 +207,48 @@ def choose_runtime(facts: TargetFacts) -> str:
                               "creation with NumPy 2); install numpy<2",
                               fix=install_hint(facts), **numbers)
         return "tflite_runtime"
-    if facts.arch == "armv7l" and py >= (3, 12):
-        raise DeviceError("target_unsupported", f"no TFLite interpreter exists for armv7l "
-                          f"with Python {numbers['python']}: LiteRT has no armv7l wheels and "
-                          "tflite-runtime stops at Python 3.11", **numbers)
     raise DeviceError("runtime_missing", f"neither ai_edge_litert nor tflite_runtime is "
                       f"importable by {facts.executable}", fix=install_hint(facts), **numbers)
 
 
+def _check_installable(facts: TargetFacts, numbers: dict[str, Any]) -> None:
+    if facts.arch == "armv7l" and facts.python[:2] >= (3, 12):
+        raise DeviceError("target_unsupported", f"no TFLite interpreter exists for armv7l "
+                          f"with Python {numbers['python']}: LiteRT has no armv7l wheels and "
+                          "tflite-runtime stops at Python 3.11", **numbers)
+
+
 def pip_packages(facts: TargetFacts) -> list[str]:
-    """What to pip-install for this target's architecture and Python."""
-    if facts.arch == "armv7l":
+    """What to pip-install for this target's architecture and Python (wheels only; see
+    PIP_OPTIONS).
+
+    ``ai-edge-litert`` has wheels for CPython 3.10-3.14 on aarch64 and x86_64 and works with
+    NumPy 1 and 2, so pip picks the newest release built for the target's Python itself (no
+    pin needed for Bookworm's 3.11). Older Pythons and armv7l (no LiteRT wheels) get the last
+    ``tflite-runtime`` (CPython 3.8-3.11), which crashes with NumPy 2: ``numpy<2``."""
+    _check_installable(facts, {"arch": facts.arch,
+                               "python": ".".join(map(str, facts.python))})
+    if facts.arch == "armv7l" or facts.python[:2] < (3, 10):
         return ["tflite-runtime==2.14.0", "numpy<2"]
     return ["ai-edge-litert", "numpy"]
 
 
+# Wheels only: without this, a missing wheel makes pip build NumPy from source, which takes
+# hours on a Pi and needs a compiler; a clear "no matching distribution" is better.
+PIP_OPTIONS = ("--only-binary=:all:", "--no-input", "--disable-pip-version-check",
+               "--progress-bar=off", "--quiet")
+
+
 def install_hint(facts: TargetFacts) -> str:
+    """The command a technician would run on the target to install the missing runtime."""
+    if facts.runtimes.get("ai_edge_litert"):
+        packages = ["numpy"]  # only NumPy is missing
+    elif facts.runtimes.get("tflite_runtime"):
+        packages = ["numpy<2"]
+    else:
+        packages = pip_packages(facts)
     return (f"on the target: {facts.executable} -m pip install "
-            + " ".join(repr(p) if "<" in p else p for p in pip_packages(facts))
+            + " ".join(repr(p) if "<" in p else p for p in packages)
             + " (or set install_runtime = true to install into <workdir>/venv)")
 
 

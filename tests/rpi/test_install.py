@@ -16,8 +16,8 @@ from hal.driver import InstallRequest
 from hal.errors import Cancelled, DeviceError, FitError, InfraError, InputError
 from hal.protocol import InferenceLine, StatusLine
 from hal.rpi.observe import wait_for
-from tests.rpi.conftest import model, reference
-from tests.rpi.sshd import USERS
+from tests.rpi.conftest import model, reference, user_uid
+from tests.rpi.sshd import USERS, as_user
 
 
 def sine_request(**kw) -> InstallRequest:
@@ -168,6 +168,95 @@ def test_install_runtime_uses_a_venv_and_reports_the_step(make_driver):
     assert "pip install" in info.value.message
     assert ("install_runtime", "failed") in events
     assert os.access(f"{drv._facts.workdir}/venv/bin/python", os.X_OK)
+
+
+def _facts(arch: str, python: tuple[int, int, int], **runtimes):
+    from hal.rpi.preflight import TargetFacts
+
+    return TargetFacts(arch=arch, python=python, executable="/usr/bin/python3",
+                       runtimes={"ai_edge_litert": None, "tflite_runtime": None, **runtimes},
+                       numpy=None, workdir="/w", writable=True, write_error="", free_disk=1,
+                       mem_available=1, mem_total=1, deployment={}, current=None,
+                       venv_python=None, tools={}, systemd={})
+
+
+def test_pip_packages_follow_the_wheels_that_exist():
+    from hal.rpi.preflight import choose_runtime, pip_packages
+
+    # Bookworm (3.11) on 64-bit: LiteRT, which has cp310-cp314 wheels for aarch64/x86_64.
+    assert pip_packages(_facts("aarch64", (3, 11, 2))) == ["ai-edge-litert", "numpy"]
+    # No LiteRT wheels for 3.9 or armv7l: the last tflite-runtime, which needs numpy<2.
+    assert pip_packages(_facts("aarch64", (3, 9, 2))) == ["tflite-runtime==2.14.0", "numpy<2"]
+    assert pip_packages(_facts("armv7l", (3, 11, 2))) == ["tflite-runtime==2.14.0", "numpy<2"]
+    # armv7l with 3.12: nothing installable -- said before any NumPy advice or pip attempt.
+    for call in (choose_runtime, pip_packages):
+        with pytest.raises(DeviceError) as info:
+            call(_facts("armv7l", (3, 12, 1)))
+        assert info.value.code == "target_unsupported"
+    # ... unless an interpreter is there anyway (built from source): then NumPy is the gap.
+    with pytest.raises(DeviceError, match="runtime_missing") as info:
+        choose_runtime(_facts("armv7l", (3, 12, 1), tflite_runtime="2.14.0"))
+    assert "pip install 'numpy<2'" in info.value.detail["fix"]
+
+
+@pytest.mark.timeout(420)  # above the install's own 300 s deadline, which must fire first
+def test_install_runtime_installs_litert_into_a_venv_from_the_index(make_driver):
+    # The real success path: pip on the "Pi" reaches a real package index (PyPI or the
+    # machine's mirrors, through the site-wide pip configuration) as the unprivileged SSH
+    # user. Downloads ~40 MB (ai-edge-litert, numpy, protobuf, ...) on a cold pip cache.
+    drv = make_driver(python="/usr/bin/python3", install_runtime=True)
+    ref = reference("sine_int8")
+    events = []
+    rep = drv.install(sine_request(), Deadline(300),
+                      progress=lambda s, st, d: events.append((s, st, d)))
+    workdir = drv._facts.workdir
+    venv_python = f"{workdir}/venv/bin/python"
+    assert [(s, st) for s, st, _ in events if st != "started"] == [
+        ("validate", "done"), ("install_runtime", "done"), ("preflight", "done"),
+        ("upload", "done"), ("start", "done"), ("verify_boot", "done")]
+    step = next(d for s, st, d in events if (s, st) == ("install_runtime", "done"))
+    assert step["venv"] == f"{workdir}/venv" and step["status"] == 0
+    assert step["packages"] == ["ai-edge-litert", "numpy"]  # Python 3.11 on x86_64
+    assert step["runtimes"]["ai_edge_litert"] and step["numpy"]
+    # Verified: the runner booted from the venv with the model's hash.
+    assert rep.boot["sha"] == ref["sha256"][:16]
+    assert rep.detail["runtime"] == "ai_edge_litert" and rep.detail["python"] == venv_python
+    status = drv.runner_status(Deadline(10))
+    runner_pid = status["pids"][-1]
+    cmdline = Path(f"/proc/{runner_pid}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[0].decode() == venv_python and b"runner.py" in cmdline[2]
+    assert os.stat(f"/proc/{runner_pid}").st_uid == user_uid()
+    # The venv is the SSH user's, and nothing was installed for the system or the user.
+    site = Path(workdir) / "venv" / "lib" / "python3.11" / "site-packages"
+    assert (site / "ai_edge_litert").stat().st_uid == user_uid()
+    assert (site / "numpy").stat().st_uid == user_uid()
+    for mod in ("numpy", "ai_edge_litert"):
+        res = as_user(USERS[0], ["/usr/bin/python3", "-c", f"import {mod}"])
+        assert res.returncode != 0 and "ModuleNotFoundError" in res.stderr, res
+    user_site = as_user(USERS[0], ["/usr/bin/python3", "-c",
+                                   "import site; print(site.getusersitepackages())"])
+    assert not list(Path(user_site.stdout.strip()).glob("numpy*"))
+    marker = (site / "numpy" / "__init__.py").stat().st_mtime_ns
+
+    # Same driver again: the venv is reused, pip does not run.
+    events.clear()
+    again = drv.install(sine_request(), Deadline(60),
+                        progress=lambda s, st, d: events.append((s, st, d)))
+    runtime_events = [(st, d) for s, st, d in events if s == "install_runtime"]
+    assert [st for st, _ in runtime_events] == ["skipped"]
+    assert "already installed" in runtime_events[0][1]["reason"]
+    assert again.detail["python"] == venv_python and again.detail["upload_skipped"] is True
+
+    # A restarted bridge (new driver, same workdir) finds the venv instead of installing.
+    fresh = make_driver(workdir=workdir, python="/usr/bin/python3", install_runtime=True)
+    assert fresh.runner_status(Deadline(10))["current"] == rep.model_sha256
+    assert fresh.restart(Deadline(30)).boot.sha == ref["sha256"][:16]
+    events.clear()
+    third = fresh.install(sine_request(labels=("y",)), Deadline(60),
+                          progress=lambda s, st, d: events.append((s, st, d)))
+    assert [st for s, st, _ in events if s == "install_runtime"] == ["skipped"]
+    assert third.detail["python"] == venv_python and third.boot["sha"] == ref["sha256"][:16]
+    assert (site / "numpy" / "__init__.py").stat().st_mtime_ns == marker
 
 
 def test_workdir_not_writable(make_driver, sshd):
