@@ -32,22 +32,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from backend_stub.synthetic import shape_image  # noqa: E402
+
 TOKEN = "bench-token"
-
-
-def shape_png(kind: str, size: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 40, (size, size), dtype=np.int32)
-    if kind == "square":
-        s = size // 3
-        x, y = rng.integers(0, size - s, 2)
-        arr[y:y + s, x:x + s] += 200
-    elif kind == "stripes":
-        phase = int(rng.integers(0, 4))
-        arr[:, [c for c in range(size) if (c + phase) % 4 < 2]] += 200
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------ training
@@ -62,7 +49,7 @@ def bench_train(args: argparse.Namespace, work: Path) -> dict:
     for k, kind in enumerate(("blank", "square", "stripes")):
         (data_dir / kind).mkdir(parents=True)
         for i in range(args.per_label):
-            png = shape_png(kind, args.size, 1000 * k + i)
+            png = shape_image(kind, args.size, 1000 * k + i)
             (data_dir / kind / f"{i:04d}.png").write_bytes(png)
             entries[f"{kind}/{i:04d}.png"] = png
     buf = io.BytesIO()

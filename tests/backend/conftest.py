@@ -341,26 +341,3 @@ def real_bridge(tmp_path_factory) -> Iterator[RealBridge]:
     bridge = RealBridge(tmp_path_factory.mktemp("bridge"))
     yield bridge
     bridge.stop()
-
-
-def shape_image(kind: str, size: int, seed: int, mode: str = "L") -> bytes:
-    """A learnable synthetic image: ``blank`` (noise), ``square`` (a bright square at a random
-    place) or ``stripes`` (vertical stripes with a random phase)."""
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 40, (size, size), dtype=np.int32)
-    if kind == "square":
-        s = size // 3
-        x, y = rng.integers(0, size - s, 2)
-        arr[y:y + s, x:x + s] += 200
-    elif kind == "stripes":
-        phase = int(rng.integers(0, 4))
-        arr[:, [c for c in range(size) if (c + phase) % 4 < 2]] += 200
-    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L").convert(mode)
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def shapes_entries(per_label: int = 20, size: int = 32, mode: str = "L") -> dict[str, bytes]:
-    return {f"{kind}/{i:03d}.png": shape_image(kind, size, seed=1000 * k + i, mode=mode)
-            for k, kind in enumerate(("blank", "square", "stripes")) for i in range(per_label)}

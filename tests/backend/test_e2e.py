@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.backend.conftest import BRIDGE_TOKEN, VIRTUAL_DEVICE, make_zip, shapes_entries
+from backend_stub.synthetic import shapes_entries
+from tests.backend.conftest import BRIDGE_TOKEN, VIRTUAL_DEVICE, make_zip
 from tests.backend.test_cli import TOKEN, Served
 
 pytestmark = pytest.mark.train

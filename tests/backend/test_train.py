@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.backend.conftest import AUTH, shapes_entries, upload
+from backend_stub.synthetic import shapes_entries
+from tests.backend.conftest import AUTH, upload
 from tests.backend.test_jobs import _assert_gone, _wait_pid, wait_state
 
 pytestmark = pytest.mark.train
