@@ -7,7 +7,7 @@ import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -38,15 +38,23 @@ def conflict(message: str, **detail: Any) -> InputError:
     return err
 
 
+T = TypeVar("T")
+
+
 def not_found(what: str, ident: object) -> InputError:
     return InputError("not_found", f"no {what} {ident!r}", resource=what, id=str(ident))
 
 
+def get_or_404(session: Session, model: type[T], what: str, ident: int) -> T:
+    """The row of ``model`` with primary key ``ident``, or ``not_found`` naming ``what``."""
+    row = session.get(model, ident)
+    if row is None:
+        raise not_found(what, ident)
+    return row
+
+
 def get_dataset(session: Session, dataset_id: int) -> Dataset:
-    ds = session.get(Dataset, dataset_id)
-    if ds is None:
-        raise not_found("dataset", dataset_id)
-    return ds
+    return get_or_404(session, Dataset, "dataset", dataset_id)
 
 
 def _get_label(session: Session, dataset_id: int, name: str) -> Label:

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from backend_stub import schemas
 from backend_stub.bridges import bridge_client, validate_bridge_url
-from backend_stub.datasets import conflict, not_found
+from backend_stub.datasets import conflict, get_or_404, not_found
 from backend_stub.deploy import deployment_dict, list_deployments
 from backend_stub.storage import FINAL_STATES, Bridge, Deployment
 from backend_stub.web import (
@@ -33,10 +33,7 @@ def bridge_dict(b: Bridge) -> dict:
 
 
 def _bridge(s, bridge_id: int) -> Bridge:
-    b = s.get(Bridge, bridge_id)
-    if b is None:
-        raise not_found("bridge", bridge_id)
-    return b
+    return get_or_404(s, Bridge, "bridge", bridge_id)
 
 
 @api.route("POST", "/bridges", summary="Register a bridge by URL and token", tag=TAG_B,

@@ -10,7 +10,7 @@ from flask import Response
 from sqlalchemy import delete, func, select
 
 from backend_stub import schemas
-from backend_stub.datasets import conflict, get_dataset, image_index, not_found
+from backend_stub.datasets import conflict, get_dataset, get_or_404, image_index, not_found
 from backend_stub.storage import (
     FINAL_STATES,
     Compilation,
@@ -121,10 +121,7 @@ def list_trainings():
 
 
 def _training(s, training_id: int) -> Training:
-    t = s.get(Training, training_id)
-    if t is None:
-        raise not_found("training", training_id)
-    return t
+    return get_or_404(s, Training, "training", training_id)
 
 
 @api.route("GET", "/trainings/{training_id:int}", summary="A training and its progress",
@@ -219,10 +216,7 @@ def create_compilation():
 
 
 def _compilation(s, compilation_id: int) -> Compilation:
-    c = s.get(Compilation, compilation_id)
-    if c is None:
-        raise not_found("compilation", compilation_id)
-    return c
+    return get_or_404(s, Compilation, "compilation", compilation_id)
 
 
 @api.route("GET", "/compilations", summary="List compilations", tag=TAG_C,
