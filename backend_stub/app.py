@@ -76,30 +76,39 @@ class Backend:
     runner: JobRunner
     started: float = field(default_factory=time.monotonic)
     deployments: object = None  # backend_stub.deploy.DeploymentRunner
+    rollouts: object = None  # backend_stub.rollout.RolloutRunner
 
     def close(self) -> None:
-        """Kill running workers and release the database."""
+        """Kill running workers, stop following bridge jobs (they are re-attached at the
+        next start), release the database."""
         self.runner.shutdown()
+        if self.rollouts is not None:
+            self.rollouts.shutdown()
         self.store.dispose()
 
 
 def create_app(config: BackendConfig | None = None) -> Flask:
     """Build the app: migrate the database, start the job runner, register the views."""
     from backend_stub.deploy import DeploymentRunner
-    from backend_stub.web import api, register_views
+    from backend_stub.rollout import RolloutRunner
+    from backend_stub.web import api, guard, register_views
 
     config = config or BackendConfig()
     store = Store(config.database_url, migrate=config.migrate)
     runner = JobRunner(store, config)
     backend = Backend(config=config, store=store, runner=runner)
     backend.deployments = DeploymentRunner(store, config)
+    backend.rollouts = RolloutRunner(store, config, backend.deployments)
     runner.start()
-    backend.deployments.recover()
+    # Deployments and rollouts a previous process was following: re-attached to the
+    # bridges' jobs (in the background; a bridge that is down does not delay the start).
+    backend.rollouts.recover()
 
     app = Flask("backend_stub")
     app.config["MAX_CONTENT_LENGTH"] = config.limits.max_upload_bytes
     app.json.sort_keys = False
     app.extensions["tinyml_backend"] = backend
+    guard.install(app, config)  # Host, Origin and content type, before authentication
     register_views(app)
     public = api.public_rules()
 
@@ -131,7 +140,10 @@ def create_app(config: BackendConfig | None = None) -> Flask:
         if exc.code == 405:
             detail["allowed"] = sorted(getattr(exc, "valid_methods", None) or [])
         err = InputError(code, exc.description or exc.name, **detail)
-        return error_response(err, exc.code or 400)
+        resp = error_response(err, exc.code or 400)
+        if exc.code == 405:
+            resp.headers["Allow"] = ", ".join(detail["allowed"])
+        return resp
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

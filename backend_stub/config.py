@@ -1,4 +1,15 @@
-"""Backend settings: the database, the token, and every limit, each with a default."""
+"""Backend settings: the database, the token, and every limit, each with a default.
+
+Environment variables (each also a ``tinyml-backend serve`` option; the option wins):
+
+* ``TINYML_BACKEND_DATA``: directory of the default SQLite file (``backend.sqlite3``).
+* ``TINYML_BACKEND_DB_URL``: SQLAlchemy database URL (``sqlite:///...``, ``postgresql://...``).
+* ``TINYML_BACKEND_DB_PASSWORD`` / ``TINYML_BACKEND_DB_PASSWORD_FILE``: the database password,
+  so it never has to be part of a URL on a command line (``ps`` shows those).
+* ``TINYML_BACKEND_TOKEN``: the bearer token clients must send.
+* ``TINYML_BACKEND_ALLOWED_HOSTS`` / ``TINYML_BACKEND_ALLOWED_ORIGINS``: comma-separated.
+* ``TINYML_BACKEND_URL``: where the CLI finds the backend (``backend_stub.client``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +20,13 @@ from pathlib import Path
 ENV_DB_URL = "TINYML_BACKEND_DB_URL"
 ENV_TOKEN = "TINYML_BACKEND_TOKEN"
 ENV_DATA_DIR = "TINYML_BACKEND_DATA"
+ENV_DB_PASSWORD = "TINYML_BACKEND_DB_PASSWORD"
+ENV_DB_PASSWORD_FILE = "TINYML_BACKEND_DB_PASSWORD_FILE"
+ENV_ALLOWED_HOSTS = "TINYML_BACKEND_ALLOWED_HOSTS"
+ENV_ALLOWED_ORIGINS = "TINYML_BACKEND_ALLOWED_ORIGINS"
+# Names a browser on this machine reaches the backend by when it listens on loopback. A
+# request naming any other host (DNS rebinding) is refused unless the name is configured.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 def default_data_dir() -> Path:
@@ -64,3 +82,54 @@ class BackendConfig:
     bridge_read_timeout_s: float = 30.0
     deploy_timeout_s: float = 900.0  # one deployment, install through verified boot
     migrate: bool = True  # run `alembic upgrade head` when the app starts
+    # Host header names accepted (port ignored; "*" accepts any). Loopback names by default;
+    # `serve --host ADDR` adds ADDR, `--allowed-host NAME` adds names.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    # Origin header values accepted (e.g. "https://ui.example"); any other Origin is refused.
+    allowed_origins: tuple[str, ...] = ()
+    rollout_max_parallel: int = 16  # upper bound of a rollout's max_parallel
+
+
+def env_list(name: str) -> tuple[str, ...]:
+    """A comma-separated environment variable as a tuple of stripped, non-empty items."""
+    return tuple(x.strip() for x in os.environ.get(name, "").split(",") if x.strip())
+
+
+def read_secret_file(path: str | Path, what: str) -> str:
+    """The first line of a small secret file (a password or token file), bounded."""
+    from hal.errors import InputError
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(4097)
+    except OSError as exc:
+        raise InputError("bad_config", f"cannot read the {what} file {path}: {exc.strerror}",
+                         path=str(path)) from None
+    if len(data) > 4096:
+        raise InputError("bad_config", f"the {what} file {path} is larger than 4 KiB; it "
+                         "must hold only the secret", path=str(path))
+    text = data.decode("utf-8", "replace").strip().splitlines()
+    if not text or not text[0].strip():
+        raise InputError("bad_config", f"the {what} file {path} is empty", path=str(path))
+    return text[0].strip()
+
+
+def database_password(password_file: str | None = None) -> str | None:
+    """The database password from ``password_file``, else $TINYML_BACKEND_DB_PASSWORD_FILE,
+    else $TINYML_BACKEND_DB_PASSWORD; None when none is given."""
+    path = password_file or os.environ.get(ENV_DB_PASSWORD_FILE)
+    if path:
+        return read_secret_file(path, "database password")
+    return os.environ.get(ENV_DB_PASSWORD) or None
+
+
+def with_password(url: str, password: str | None) -> str:
+    """``url`` with ``password`` set (a password already in the URL is kept)."""
+    if not password:
+        return url
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.password:
+        return url
+    return parsed.set(password=password).render_as_string(hide_password=False)

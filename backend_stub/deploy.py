@@ -40,6 +40,7 @@ from hal.model.report import ModelReport, TensorInfo
 log = logging.getLogger(__name__)
 
 BRIDGE_FINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+_TRANSIENT = frozenset({"unavailable", "timeout", "transport_broken"})
 _POLL_WAIT_S = 2.0  # each GET /jobs/{id}?wait= holds this long: cancel reacts within it
 
 
@@ -65,6 +66,10 @@ def deployable(compilation: Compilation) -> None:
                        "compilation can be deployed", state=compilation.state)
 
 
+class Detached(Exception):
+    """The backend stops while a deployment is followed: leave it running (not an end)."""
+
+
 class DeploymentRunner:
     """Starts and follows deployments; one thread each (they only wait on HTTP)."""
 
@@ -73,14 +78,9 @@ class DeploymentRunner:
         self.config = config
         self._cancel: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
-
-    def recover(self) -> None:
-        """Deployments followed by a previous process: their outcome is unknown."""
-        with self.store.session() as s:
-            s.execute(update(Deployment).where(Deployment.state.in_((QUEUED, RUNNING)))
-                      .values(state=FAILED, finished_at=utcnow(), error=InfraError(
-                          "interrupted", "the backend restarted while following the "
-                          "deployment; ask the bridge for the job's outcome").to_dict()))
+        # Set when the backend stops: followers let go of their bridge jobs without ending
+        # the deployments; the next start re-attaches them (backend_stub.rollout.recover).
+        self.stopping = threading.Event()
 
     def create(self, compilation_id: int, bridge_id: int, device_id: str,
                params: dict[str, Any]) -> int:
@@ -110,14 +110,26 @@ class DeploymentRunner:
             s.add(dep)
             s.flush()
             dep_id = dep.id
-        event = threading.Event()
-        with self._lock:
-            self._cancel[dep_id] = event
-        threading.Thread(target=self._follow, args=(dep_id, event), daemon=True,
-                         name=f"deployment-{dep_id}").start()
+        self.start(dep_id)
         log.info("deployment %d: compilation %d -> bridge %d device %s", dep_id, compilation_id,
                  bridge_id, device_id)
         return dep_id
+
+    def start(self, dep_id: int) -> threading.Thread:
+        """Follow a recorded deployment in a new thread (installing it first unless it has
+        a bridge job already, i.e. it is re-attached after a restart)."""
+        thread = threading.Thread(target=self.follow, args=(dep_id,), daemon=True,
+                                  name=f"deployment-{dep_id}")
+        thread.start()
+        return thread
+
+    def follow(self, dep_id: int, cancel: threading.Event | None = None) -> None:
+        """Install (or re-attach) and follow a recorded deployment to its end, in this
+        thread; ``cancel`` (default: a new event) is what :meth:`cancel` sets."""
+        event = cancel or threading.Event()
+        with self._lock:
+            self._cancel[dep_id] = event
+        self._follow(dep_id, event)
 
     def cancel(self, dep_id: int) -> None:
         with self.store.session() as s:
@@ -148,6 +160,9 @@ class DeploymentRunner:
     def _follow(self, dep_id: int, cancel: threading.Event) -> None:
         try:
             self._run(dep_id, cancel)
+        except Detached:
+            log.info("deployment %d: no longer followed (the backend stops); re-attached "
+                     "at the next start", dep_id)
         except Cancelled as exc:
             self._finish(dep_id, CANCELLED, exc.to_dict())
         except HalError as exc:
@@ -185,17 +200,26 @@ class DeploymentRunner:
                 raise InfraError("interrupted", "the artifact or bridge was deleted before the "
                                  "deployment started")
             training = s.get(Training, comp.training_id)
-            options = self._payload(dep, comp, training, s)
+            job_id = dep.bridge_job_id  # set: re-attached after a restart, never re-sent
+            options = None if job_id else self._payload(dep, comp, training, s)
             artifact, sha = comp.artifact, comp.sha256
             url, token, device_id = bridge.url, bridge.token, dep.device_id
-        self._set(dep_id, state=RUNNING, started_at=utcnow(),
-                  params={**dep.params, "input_vectors_sent": len(options["input_vectors"])})
+        if options is not None:
+            self._set(dep_id, state=RUNNING, started_at=utcnow(),
+                      params={**dep.params,
+                              "input_vectors_sent": len(options["input_vectors"])})
         with bridge_client(url, token, self.config) as client:
-            job = client.install(device_id, artifact, **options)
-            self._set(dep_id, bridge_job_id=str(job["id"]), bridge_job=job)
-            log.info("deployment %d: bridge job %s started", dep_id, job["id"])
+            if options is not None:
+                job = client.install(device_id, artifact, **options)
+                self._set(dep_id, bridge_job_id=str(job["id"]), bridge_job=job)
+                log.info("deployment %d: bridge job %s started", dep_id, job["id"])
+            else:  # its state is asked for below, like any poll
+                job = {"id": job_id, "state": "(re-attaching)"}
+                log.info("deployment %d: re-attaching to bridge job %s", dep_id, job_id)
             started = time.monotonic()
             while job.get("state") not in BRIDGE_FINAL:
+                if self.stopping.is_set():
+                    raise Detached()
                 if cancel.is_set():
                     client.cancel(str(job["id"]))
                     raise Cancelled(f"deployment {dep_id} cancelled; bridge job {job['id']} "
@@ -205,7 +229,16 @@ class DeploymentRunner:
                     client.cancel(str(job["id"]))
                     raise InfraError("timeout", f"bridge job {job['id']} did not end within "
                                      f"{self.config.deploy_timeout_s:g} s", bridge_job=job)
-                job = client.job(str(job["id"]), wait=min(_POLL_WAIT_S, remaining))
+                try:
+                    job = client.job(str(job["id"]), wait=min(_POLL_WAIT_S, remaining))
+                except InfraError as exc:
+                    if exc.code not in _TRANSIENT:
+                        raise
+                    # The bridge finishes the job whether we can ask it or not: keep asking.
+                    log.warning("deployment %d: bridge job %s: %s; retrying", dep_id,
+                                job["id"], exc.message)
+                    cancel.wait(1.0)
+                    continue
                 self._set(dep_id, bridge_job=job)
         state = job.get("state")
         if state != "succeeded":

@@ -196,6 +196,39 @@ class Deployment(_JobColumns, Base):
     bridge_job: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # last seen job
 
 
+class Rollout(_JobColumns, Base):
+    """One artifact to many devices across bridges: canary, then waves (rollout.py)."""
+
+    __tablename__ = "rollouts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    compilation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("compilations.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+
+
+class RolloutTarget(Base):
+    """One device of a rollout: its wave, its deployment once started, its outcome.
+    States: pending, deploying, succeeded, failed, cancelled, skipped (never reached)."""
+
+    __tablename__ = "rollout_targets"
+    __table_args__ = (UniqueConstraint("rollout_id", "position"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    wave: Mapped[int] = mapped_column(Integer)  # 0 is the canary wave
+    bridge_id: Mapped[int | None] = mapped_column(
+        ForeignKey("bridges.id", ondelete="SET NULL"), nullable=True
+    )
+    device_id: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    deployment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deployments.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    note: Mapped[str | None] = mapped_column(String(512), nullable=True)
+
+
 # ------------------------------------------------------------------------------ engine
 
 
@@ -209,7 +242,7 @@ def make_engine(url: str) -> Engine:
     if _is_sqlite(url):
         db_path = make_url(url).database
         if db_path and db_path != ":memory:":
-            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            private_sqlite_file(Path(db_path))
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -221,7 +254,53 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # libpq's connect_timeout: an unreachable server is an error in seconds, not minutes.
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+
+
+def private_sqlite_file(path: Path) -> None:
+    """Create the SQLite file (and its directory) readable by its owner only: it holds the
+    bridges' tokens. An existing file is tightened to 0600 (SQLite gives its -wal and -shm
+    files the database file's mode)."""
+    import os
+    import stat
+
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            os.fchmod(fd, 0o600)
+            log.warning("database file %s was mode %o; now 0600 (it holds bridge tokens)",
+                        path, mode)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists() and stat.S_IMODE(side.stat().st_mode) & 0o077:
+            side.chmod(0o600)
+
+
+def database_error(url: str, exc: BaseException) -> Exception:
+    """A database that cannot be opened at start, as one classified line (never a
+    traceback): the URL without its password, the driver's first line, and a fix."""
+    from hal.errors import InfraError, InputError
+
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        shown = "(unparsable URL)"
+    orig = getattr(exc, "orig", None) or exc
+    reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0][:300]
+    if isinstance(exc, ModuleNotFoundError) or type(exc).__name__ in (
+            "NoSuchModuleError", "ArgumentError"):
+        return InputError("bad_config", f"database URL {shown}: {reason}", url=shown,
+                          fix="use sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB "
+                              "(psycopg 3 is installed with the backend extra)")
+    return InfraError("unavailable", f"cannot open the database {shown}: {reason}", url=shown,
+                      fix="check that the server runs and the URL, user and password (give "
+                          "the password with TINYML_BACKEND_DB_PASSWORD_FILE, not in the URL)")
 
 
 def upgrade(engine: Engine) -> None:
@@ -241,10 +320,16 @@ class Store:
     """The engine and a session factory. One per app (and one per worker process)."""
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
+        from sqlalchemy.exc import SQLAlchemyError
+
         self.url = url
-        self.engine = make_engine(url)
-        if migrate:
-            upgrade(self.engine)
+        try:
+            self.engine = make_engine(url)
+            if migrate:
+                upgrade(self.engine)
+        except (SQLAlchemyError, ModuleNotFoundError, OSError) as exc:
+            log.debug("database start-up failed", exc_info=True)
+            raise database_error(url, exc) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

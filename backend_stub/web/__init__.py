@@ -262,7 +262,13 @@ def job_links(kind: str, ident: int) -> dict[str, str]:
 
 
 def _load_views() -> None:
-    from backend_stub.web import bridges, datasets, jobs, meta  # noqa: F401  (fill `api`)
+    from backend_stub.web import (  # noqa: F401  (fill `api`)
+        bridges,
+        datasets,
+        jobs,
+        meta,
+        rollouts,
+    )
 
 
 def register_views(app: Flask) -> None:

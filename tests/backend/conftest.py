@@ -121,7 +121,8 @@ class PostgresCluster:
         shutil.rmtree(self.base, ignore_errors=True)
 
     def url(self, db: str = "postgres") -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{db}"
+        # Exactly the README's URL form (SQLAlchemy maps postgresql:// to psycopg 3).
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
 
     def new_database(self) -> str:
         """A fresh, empty database; its URL."""
