@@ -710,6 +710,186 @@ def deploy(call: Call, compilation_id: int, bridge_id: int, device_id: str, inpu
     return _ended(call, end, "deployment")
 
 
+@cli.group(context_settings=CONTEXT)
+def deployments() -> None:
+    """List, show and cancel deployments (one artifact to one device)."""
+
+
+def _deployment_text(d: dict) -> str:
+    job = d.get("bridge_job") or {}
+    err = d.get("error") or {}
+    line = (f"deployment {d['id']} {d['state']}: compilation {d['compilation_id']} -> bridge "
+            f"{d['bridge_id']} device {d['device_id']}, bridge job {d.get('bridge_job_id')} "
+            f"{job.get('state', '-')}")
+    if d["params"].get("rollout_id"):
+        line += f" (rollout {d['params']['rollout_id']})"
+    steps = [f"{st['name']} {st.get('status')}" for st in job.get("steps", [])]
+    if steps:
+        line += "\n  steps: " + ", ".join(steps)
+    if err:
+        line += f"\n  error {err.get('code')}: {err.get('message')}"
+    return line
+
+
+@deployments.command("list", context_settings=CONTEXT)
+@command
+def deployments_list(call: Call) -> None:
+    """List deployments, newest first."""
+    body = call.client.json("GET", "/deployments")
+    call.out(body, lambda: _table(
+        [[d["id"], d["compilation_id"], d["bridge_id"], d["device_id"], d["state"],
+          d["params"].get("rollout_id"), d.get("bridge_job_id"),
+          (d.get("error") or {}).get("code")] for d in body["deployments"]],
+        ["ID", "COMPILATION", "BRIDGE", "DEVICE", "STATE", "ROLLOUT", "BRIDGE_JOB", "ERROR"]))
+
+
+@deployments.command("show", context_settings=CONTEXT)
+@click.argument("deployment_id", type=int)
+@click.option("--follow/--no-follow", default=False, help="Follow it until it ends.")
+@command
+def deployments_show(call: Call, deployment_id: int, follow: bool) -> int:
+    """A deployment, its bridge job's steps and its error (exit 1 if it did not succeed
+    with --follow)."""
+    if follow:
+        return _ended(call, _follow(call, f"/deployments/{deployment_id}", _deployment_text),
+                      "deployment")
+    body = call.client.json("GET", f"/deployments/{deployment_id}")
+    call.out(body, lambda: _deployment_text(body))
+    return EXIT_OK
+
+
+@deployments.command("cancel", context_settings=CONTEXT)
+@click.argument("deployment_id", type=int)
+@command
+def deployments_cancel(call: Call, deployment_id: int) -> None:
+    """Cancel a deployment (its bridge job is cancelled)."""
+    body = call.client.json("POST", f"/deployments/{deployment_id}/cancel")
+    call.out(body, f"deployment {deployment_id}: cancel requested ({body['state']})")
+
+
+# ------------------------------------------------------------------------------ rollouts
+
+
+def _target(value: str) -> dict:
+    bridge, sep, device = value.partition(":")
+    if not sep or not bridge.isdigit() or not device:
+        raise click.BadParameter(f"{value!r}: give BRIDGE_ID:DEVICE_ID, e.g. 1:nano-1",
+                                 param_hint="--target")
+    return {"bridge_id": int(bridge), "device_id": device}
+
+
+def _rollout_text(r: dict) -> str:
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(r.get("counts", {}).items()))
+    line = f"rollout {r['id']} {r['state']}: {r['devices']} device(s) ({counts or '-'})"
+    if r.get("targets"):
+        line += "\n" + _table(
+            [[t["position"], t["wave"], t["bridge_id"], t["device_id"], t["state"],
+              t.get("deployment_id"), t.get("bridge_job_id"), t.get("note")]
+             for t in r["targets"]],
+            ["#", "WAVE", "BRIDGE", "DEVICE", "STATE", "DEPLOYMENT", "BRIDGE_JOB", "NOTE"])
+    err = r.get("error")
+    if err:
+        line += f"\nerror {err.get('code')}: {err.get('message')}"
+    return line
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("compilation_id", type=int)
+@click.option("--target", "targets", multiple=True, metavar="BRIDGE_ID:DEVICE_ID",
+              help="A device, in rollout order (repeat the option).")
+@click.option("--bridge-devices", "bridge_all", type=int, multiple=True, metavar="BRIDGE_ID",
+              help="Every device of this bridge, after the --target devices (repeatable).")
+@click.option("--canary", type=click.IntRange(0, 1000), default=1, show_default=True,
+              help="Devices in the canary wave (deployed and verified first).")
+@click.option("--wave-size", type=click.IntRange(1, 1000), default=4, show_default=True,
+              help="Devices per later wave.")
+@click.option("--max-parallel", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Deployments at once within a wave.")
+@click.option("--input-vectors", type=click.IntRange(0, 64), default=4, show_default=True,
+              help="Validation images sent along as each device's inputs.")
+@click.option("--arena-bytes", type=click.IntRange(1024, None), default=None,
+              help="Override the tensor arena size.")
+@click.option("--boot-deadline", type=click.FloatRange(0, 600, min_open=True), default=20.0,
+              show_default=True, help="Seconds each device has to boot the model.")
+@click.option("--follow/--no-follow", default=True, show_default=True,
+              help="Show progress until the rollout ends (exit 1 unless every device "
+                   "verified).")
+@command
+def rollout(call: Call, compilation_id: int, targets, bridge_all, canary, wave_size,
+            max_parallel, input_vectors, arena_bytes, boot_deadline, follow) -> int:
+    """Deploy an artifact to many devices across bridges: a canary first, then waves; the
+    first failure halts it (devices not reached keep their model).
+
+    \b
+    Example:
+      tinyml-backend rollout 3 --target 1:nano-1 --bridge-devices 2 --wave-size 8
+    """
+    body_targets = [_target(t) for t in targets]
+    for bid in bridge_all:
+        devices = call.client.json("GET", f"/bridges/{bid}/devices")["devices"]
+        body_targets += [{"bridge_id": bid, "device_id": d["id"]} for d in devices
+                         if {"bridge_id": bid, "device_id": d["id"]} not in body_targets]
+    if not body_targets:
+        raise click.UsageError("give at least one --target or --bridge-devices")
+    body = call.client.json("POST", "/rollouts", json={
+        "compilation_id": compilation_id, "targets": body_targets, "canary": canary,
+        "wave_size": wave_size, "max_parallel": max_parallel, "input_vectors": input_vectors,
+        "arena_bytes": arena_bytes, "boot_deadline_s": boot_deadline})
+    if not follow:
+        call.out(body, lambda: _rollout_text(body))
+        return EXIT_OK
+    end = _follow(call, f"/rollouts/{body['id']}", lambda r: (
+        f"rollout {r['id']} {r['state']}: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(r["counts"].items()))))
+    if not call.as_json:
+        click.echo(_rollout_text(end))
+    return _ended(call, end, "rollout")
+
+
+@cli.group(context_settings=CONTEXT)
+def rollouts() -> None:
+    """List, show (the per-device table) and cancel rollouts."""
+
+
+@rollouts.command("list", context_settings=CONTEXT)
+@command
+def rollouts_list(call: Call) -> None:
+    """List rollouts, newest first."""
+    body = call.client.json("GET", "/rollouts")
+    call.out(body, lambda: _table(
+        [[r["id"], r["compilation_id"], r["state"], r["devices"],
+          ", ".join(f"{k} {v}" for k, v in sorted(r["counts"].items())),
+          (r.get("error") or {}).get("code")] for r in body["rollouts"]],
+        ["ID", "COMPILATION", "STATE", "DEVICES", "COUNTS", "ERROR"]))
+
+
+@rollouts.command("show", context_settings=CONTEXT)
+@click.argument("rollout_id", type=int)
+@click.option("--follow/--no-follow", default=False, help="Follow it until it ends.")
+@command
+def rollouts_show(call: Call, rollout_id: int, follow: bool) -> int:
+    """A rollout and its per-device table."""
+    if follow:
+        end = _follow(call, f"/rollouts/{rollout_id}", lambda r: (
+            f"rollout {r['id']} {r['state']}: " + ", ".join(
+                f"{k} {v}" for k, v in sorted(r["counts"].items()))))
+        if not call.as_json:
+            click.echo(_rollout_text(end))
+        return _ended(call, end, "rollout")
+    body = call.client.json("GET", f"/rollouts/{rollout_id}")
+    call.out(body, lambda: _rollout_text(body))
+    return EXIT_OK
+
+
+@rollouts.command("cancel", context_settings=CONTEXT)
+@click.argument("rollout_id", type=int)
+@command
+def rollouts_cancel(call: Call, rollout_id: int) -> None:
+    """Cancel a rollout: nothing new starts; deployments under way are cancelled."""
+    body = call.client.json("POST", f"/rollouts/{rollout_id}/cancel")
+    call.out(body, f"rollout {rollout_id}: cancel requested ({body['state']})")
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("bridge_id", type=int)
 @click.argument("device_id")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -297,20 +298,26 @@ VIRTUAL_DEVICE = "vnano-1"
 
 
 class RealBridge:
-    """A real ``tinyml-bridge serve --config <tmp> --port 0`` child process with one
-    ``virtual-nano33ble`` device."""
+    """A real ``tinyml-bridge serve --config <tmp> --port 0`` child process with
+    ``virtual-nano33ble`` devices (by default one, ``vnano-1``); ``devices`` maps a device
+    name to its extra driver settings (e.g. ``{"fault": "never_boot"}``, ``{"upload_kbps":
+    40}``)."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, devices: dict[str, dict] | None = None) -> None:
         from bridge.client import LocalBridge
 
+        self.devices = devices or {VIRTUAL_DEVICE: {}}
         work.mkdir(parents=True, exist_ok=True)
         config = work / "bridge.toml"
+        tables = ""
+        for name, settings in self.devices.items():
+            extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+            tables += f'[[devices]]\nname = "{name}"\ndriver = "virtual-nano33ble"\n{extra}'
         config.write_text(
             f'state_dir = "{work / "state"}"\n'
             "[server]\nhost = \"127.0.0.1\"\nport = 0\n"
             f'token = "{BRIDGE_TOKEN}"\n'
-            "[discovery]\ndrivers = []\n"
-            f'[[devices]]\nname = "{VIRTUAL_DEVICE}"\ndriver = "virtual-nano33ble"\n',
+            "[discovery]\ndrivers = []\n" + tables,
             encoding="utf-8",
         )
         self.local = LocalBridge(config, log_path=work / "bridge.log")
@@ -318,19 +325,23 @@ class RealBridge:
         self.pid = self.local.pid
         self._wait_connected()
 
-    def _wait_connected(self, timeout: float = 20.0) -> None:
+    def _wait_connected(self, timeout: float = 30.0) -> None:
         import time
 
         import requests
 
         end = time.monotonic() + timeout
+        waiting = set(self.devices)
         while time.monotonic() < end:
-            r = requests.get(f"{self.url}/devices/{VIRTUAL_DEVICE}", timeout=5,
-                             headers={"Authorization": f"Bearer {BRIDGE_TOKEN}"})
-            if r.status_code == 200 and r.json().get("connected"):
+            for name in sorted(waiting):
+                r = requests.get(f"{self.url}/devices/{name}", timeout=5,
+                                 headers={"Authorization": f"Bearer {BRIDGE_TOKEN}"})
+                if r.status_code == 200 and r.json().get("connected"):
+                    waiting.discard(name)
+            if not waiting:
                 return
             time.sleep(0.1)
-        raise RuntimeError("the virtual board never connected:\n" +
+        raise RuntimeError(f"virtual boards {sorted(waiting)} never connected:\n" +
                            "\n".join(list(self.local.output)[-30:]))
 
     def stop(self) -> int:
