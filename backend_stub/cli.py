@@ -142,8 +142,19 @@ def cli(verbose: int) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8090, show_default=True,
               help="Port (0: any free port; the chosen one is printed).")
 @click.option("--database", envvar="TINYML_BACKEND_DB_URL", default=None,
-              help="SQLAlchemy URL, e.g. postgresql+psycopg2://user@host/db "
-                   "(default: a SQLite file in $TINYML_BACKEND_DATA).")
+              help="SQLAlchemy URL, e.g. postgresql://user@host/db (env TINYML_BACKEND_DB_URL; "
+                   "default: a SQLite file in $TINYML_BACKEND_DATA). Give the password with "
+                   "--database-password-file, not in the URL.")
+@click.option("--database-password-file", type=click.Path(dir_okay=False), default=None,
+              help="Read the database password from this file (env "
+                   "TINYML_BACKEND_DB_PASSWORD_FILE; or TINYML_BACKEND_DB_PASSWORD).")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Also answer requests whose Host header names NAME (repeatable; env "
+                   "TINYML_BACKEND_ALLOWED_HOSTS, comma-separated; '*' for any). Loopback "
+                   "names and --host are always allowed.")
+@click.option("--allowed-origin", "allowed_origins", multiple=True, metavar="ORIGIN",
+              help="Accept browser requests from this Origin, e.g. https://ui.example "
+                   "(repeatable; env TINYML_BACKEND_ALLOWED_ORIGINS). Default: none.")
 @click.option("--token", envvar=ENV_TOKEN,
               help=f"Bearer token clients must send (env {ENV_TOKEN}).")
 @click.option("--token-file", type=click.Path(dir_okay=False), help="Read the token from a file.")
@@ -156,14 +167,30 @@ def cli(verbose: int) -> None:
               show_default=True, help="Largest dataset zip accepted.")
 @click.option("--min-images-per-label", type=click.IntRange(1, 10000), default=5,
               show_default=True, help="Fewest images per label a new dataset may have.")
-def serve(host, port, database, token, token_file, insecure_no_auth, max_parallel_jobs,
-          threads, max_upload_mb, min_images_per_label) -> None:
-    """Run the backend HTTP API (waitress) until interrupted."""
+def serve(host, port, database, database_password_file, allowed_hosts, allowed_origins, token,
+          token_file, insecure_no_auth, max_parallel_jobs, threads, max_upload_mb,
+          min_images_per_label) -> None:
+    """Run the backend HTTP API (waitress) until interrupted.
+
+    \b
+    Environment: TINYML_BACKEND_TOKEN, TINYML_BACKEND_DB_URL, TINYML_BACKEND_DATA,
+    TINYML_BACKEND_DB_PASSWORD(_FILE), TINYML_BACKEND_ALLOWED_HOSTS, _ALLOWED_ORIGINS.
+    """
     import signal
 
     from backend_stub.app import create_app
     from backend_stub.app import serve as run_server
-    from backend_stub.config import BackendConfig, DatasetLimits, default_database_url
+    from backend_stub.config import (
+        ENV_ALLOWED_HOSTS,
+        ENV_ALLOWED_ORIGINS,
+        LOOPBACK_HOSTS,
+        BackendConfig,
+        DatasetLimits,
+        database_password,
+        default_database_url,
+        env_list,
+        with_password,
+    )
 
     token = _token(token, token_file)
     if not token and not insecure_no_auth:
@@ -171,13 +198,27 @@ def serve(host, port, database, token, token_file, insecure_no_auth, max_paralle
                                "(or --insecure-no-auth for a loopback test)")
     limits = DatasetLimits(max_upload_bytes=max_upload_mb << 20,
                            min_images_per_label=min_images_per_label)
-    config = BackendConfig(database_url=database or default_database_url(), token=token,
-                           max_parallel_jobs=max_parallel_jobs, limits=limits)
-    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    hosts = set(LOOPBACK_HOSTS) | set(allowed_hosts or env_list(ENV_ALLOWED_HOSTS))
+    if host not in ("0.0.0.0", "::", ""):
+        hosts.add(host)  # the address it listens on is a name it answers to
     try:
+        url = with_password(database or default_database_url(),
+                            database_password(database_password_file))
+        config = BackendConfig(database_url=url, token=token,
+                               max_parallel_jobs=max_parallel_jobs, limits=limits,
+                               allowed_hosts=tuple(sorted(hosts)),
+                               allowed_origins=tuple(allowed_origins
+                                                     or env_list(ENV_ALLOWED_ORIGINS)))
+        if logging.getLogger().level > logging.DEBUG:
+            logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin chatter
+        logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
         app = create_app(config)
     except HalError as err:
-        _fail(err, False)
+        # One classified line (with the fix), never a traceback.
+        fix = err.detail.get("fix")
+        click.echo(f"error {err.code} ({err.error_class.value}): {err.message}"
+                   + (f" (fix: {fix})" if fix else ""), err=True)
+        sys.exit(EXIT_FAILED)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt

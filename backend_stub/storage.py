@@ -298,9 +298,12 @@ def database_error(url: str, exc: BaseException) -> Exception:
         return InputError("bad_config", f"database URL {shown}: {reason}", url=shown,
                           fix="use sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB "
                               "(psycopg 3 is installed with the backend extra)")
+    fix = ("check that the directory exists and is writable by this user (set it with "
+           "TINYML_BACKEND_DATA or the URL)" if shown.startswith("sqlite") else
+           "check that the server runs, and the URL, user and password (give the password "
+           "with TINYML_BACKEND_DB_PASSWORD_FILE, not in the URL)")
     return InfraError("unavailable", f"cannot open the database {shown}: {reason}", url=shown,
-                      fix="check that the server runs and the URL, user and password (give "
-                          "the password with TINYML_BACKEND_DB_PASSWORD_FILE, not in the URL)")
+                      fix=fix)
 
 
 def upgrade(engine: Engine) -> None:

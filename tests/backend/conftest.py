@@ -25,6 +25,7 @@ from PIL import Image
 
 from backend_stub.config import BackendConfig, DatasetLimits
 
+PASSWORD_ROLE = "tinyml_pw"
 PG_BIN = Path(os.environ.get("TINYML_PG_BIN", "/usr/lib/postgresql/15/bin"))
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -70,6 +71,11 @@ class PostgresCluster:
                                "run scripts/setup.sh")
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
                   "--no-sync", "-E", "UTF8")
+        # One role must give a real password (wrong-password and password-file tests); the
+        # first matching line wins, so it goes before initdb's trust lines.
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n"
+                       + hba.read_text())
         # The server runs in the foreground as our child and gets SIGQUIT (immediate
         # shutdown) if this process dies, so a killed test run leaves no cluster behind.
         self._log = open(self.base / "server.log", "wb")  # noqa: SIM115
@@ -120,6 +126,24 @@ class PostgresCluster:
         if getattr(self, "_log", None):
             self._log.close()
         shutil.rmtree(self.base, ignore_errors=True)
+
+    def password_database(self, password: str) -> str:
+        """A fresh database owned by :data:`PASSWORD_ROLE`, which logs in with ``password``
+        (scram-sha-256); its URL without the password."""
+        import psycopg2
+
+        url = self.new_database()
+        name = url.rsplit("/", 1)[1]
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres",
+                                dbname="postgres")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT 1 FROM pg_roles WHERE rolname = '{PASSWORD_ROLE}'")
+            verb = "ALTER" if cur.fetchone() else "CREATE"
+            cur.execute(f"{verb} ROLE {PASSWORD_ROLE} LOGIN PASSWORD %s", (password,))
+            cur.execute(f'ALTER DATABASE "{name}" OWNER TO {PASSWORD_ROLE}')
+        conn.close()
+        return f"postgresql://{PASSWORD_ROLE}@127.0.0.1:{self.port}/{name}"
 
     def url(self, db: str = "postgres") -> str:
         # Exactly the README's URL form (SQLAlchemy maps postgresql:// to psycopg 3).
