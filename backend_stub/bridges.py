@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 from backend_stub.config import BackendConfig
+from backend_stub.names import BRIDGE_URL_PATTERN
 from bridge.client import BridgeClient
 from hal.errors import HalError, InputError
 
@@ -100,10 +101,15 @@ def validate_bridge_url(url: str) -> str:
                                     "host name") from None
             host_text = str(addr4)
         else:
-            if len(host) > 253 or not all(_LABEL.match(label) for label in labels):
+            # No total-length rule: a name DNS cannot resolve is reported when it is used.
+            if not all(_LABEL.match(label) for label in labels):
                 raise _bad_url(url, f"{host!r} is not a valid host name (letters, digits and "
                                     "'-' in dot-separated labels)")
             host_text = host
+    if not re.fullmatch(BRIDGE_URL_PATTERN, url):
+        # What is left (e.g. an IPv6 address with an embedded IPv4 part, a last label that
+        # starts with a digit) is refused too, so the API accepts exactly its documented form.
+        raise _bad_url(url, f"not of the documented form {BRIDGE_URL_PATTERN}")
     return f"{scheme}://{host_text}" + (f":{port}" if port is not None else "")
 
 

@@ -87,7 +87,6 @@ class BackendConfig:
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     # Origin header values accepted (e.g. "https://ui.example"); any other Origin is refused.
     allowed_origins: tuple[str, ...] = ()
-    rollout_max_parallel: int = 16  # upper bound of a rollout's max_parallel
 
 
 def env_list(name: str) -> tuple[str, ...]:

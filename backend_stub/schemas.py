@@ -9,12 +9,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend_stub.names import (
+    BRIDGE_URL_PATTERN,
+    DEVICE_ID_PATTERN,
+    NAME_PATTERN,
+    BoardName,
+)
+
 # Row ids: 32-bit integers in SQLite and PostgreSQL alike.
 Id = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Python's regex engine: patterns mean what the OpenAPI document's generators read.
+    model_config = ConfigDict(extra="forbid", regex_engine="python-re")
 
 
 class _Response(BaseModel):
@@ -75,7 +83,7 @@ class ImageList(_Response):
 
 
 class LabelIn(_Request):
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)
 
 
 # ------------------------------------------------------------------------------ training
@@ -93,13 +101,13 @@ class TrainingIn(_Request):
     learning_rate: float = Field(0.001, gt=0.0, le=1.0)
     validation_split: float = Field(0.2, gt=0.0, le=0.5)
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    conv_filters: list[int] = Field(
+    conv_filters: list[Annotated[int, Field(ge=1, le=256)]] = Field(
         default_factory=lambda: [8, 16], min_length=1, max_length=4,
         description="filters of each Conv2D+MaxPool block",
     )
     dropout: float = Field(0.25, ge=0.0, lt=1.0)
-    compile_board: str | None = Field(
-        None, min_length=1, max_length=64,
+    compile_board: BoardName | None = Field(
+        None,
         description="also compile to int8 for this board, in the same worker right after "
                     "training (one TensorFlow start instead of two)")
 
@@ -149,7 +157,7 @@ class MetricsOut(_Response):
 
 class CompilationIn(_Request):
     training_id: Id
-    board: str = Field("nano33ble", min_length=1, max_length=64)
+    board: BoardName = "nano33ble"
     representative_samples: int | None = Field(
         None, ge=1, description="cap on representative samples (default: every training sample)")
 
@@ -179,8 +187,11 @@ class CompilationList(_Response):
 
 
 class BridgeIn(_Request):
-    name: str = Field(min_length=1, max_length=64)
-    url: str = Field(min_length=1, max_length=512)
+    name: str = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)
+    # Checked by bridges.validate_bridge_url, which names the problem (and also requires
+    # this pattern); the pattern is stated here for the OpenAPI document.
+    url: str = Field(min_length=1, max_length=512,
+                     json_schema_extra={"pattern": BRIDGE_URL_PATTERN})
     token: str | None = Field(None, max_length=512)
 
 
@@ -219,7 +230,7 @@ class ObservationOut(_Response):
 class DeploymentIn(_Request):
     compilation_id: Id
     bridge_id: Id
-    device_id: str = Field(min_length=1, max_length=128)
+    device_id: str = Field(min_length=1, max_length=64, pattern=DEVICE_ID_PATTERN)
     input_vectors: int = Field(4, ge=0, le=64, description="validation samples sent along")
     arena_bytes: int | None = Field(None, ge=1024)
     boot_deadline_s: float = Field(20.0, gt=0.0, le=600.0)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
 from backend_stub import __version__, schemas
+from backend_stub.names import DEVICE_ID_PATTERN, NAME_PATTERN
 from hal.errors import InputError
 
 # Raw (non-JSON) bodies and answers, by short name: (media type, description).
@@ -28,14 +29,50 @@ MEDIA = {
 }
 
 
+# The schema of each parameter, by name: the OpenAPI document states it and every request is
+# checked against it before the view runs, so both always agree.
+PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
+    "wait": {"type": "number", "minimum": 0, "maximum": 60},
+    "lines": {"type": "integer", "minimum": 1, "maximum": 1000},
+    "name": {"type": "string", "pattern": NAME_PATTERN},
+    "filename": {"type": "string", "pattern": NAME_PATTERN},
+    "label": {"type": "string", "pattern": NAME_PATTERN},
+    "device_id": {"type": "string", "pattern": DEVICE_ID_PATTERN},
+}
+
+
 @dataclass(frozen=True)
 class Query:
-    """A query parameter of an endpoint."""
+    """A query parameter of an endpoint (its bounds: :data:`PARAM_SCHEMAS`)."""
 
     name: str
     type: str = "string"  # "string", "integer" or "number"
     required: bool = False
     description: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        return {**PARAM_SCHEMAS.get(self.name, {}), "type": self.type}
+
+
+def check_param(name: str, raw: str, where: str) -> None:
+    """Refuse a parameter outside :data:`PARAM_SCHEMAS` (422 ``bad_option``)."""
+    spec = PARAM_SCHEMAS.get(name)
+    if spec is None:
+        return
+    problem = None
+    if spec["type"] in ("integer", "number"):
+        try:
+            value = int(raw) if spec["type"] == "integer" else float(raw)
+        except ValueError:
+            problem = f"is not {'an integer' if spec['type'] == 'integer' else 'a number'}"
+        else:
+            if not spec["minimum"] <= value <= spec["maximum"]:  # NaN fails too
+                problem = f"is outside {spec['minimum']}..{spec['maximum']}"
+    elif "pattern" in spec and not re.fullmatch(spec["pattern"], raw):
+        problem = f"does not match {spec['pattern']}"
+    if problem:
+        raise InputError("bad_option", f"{where} parameter {name}={raw[:80]!r} {problem}",
+                         parameter=name)
 
 
 @dataclass
@@ -86,8 +123,8 @@ class Api:
 
     def register(self, app: Flask) -> None:
         for e in self.endpoints:
-            app.add_url_rule(e.rule, endpoint=f"{e.method} {e.path}", view_func=e.view,
-                             methods=[e.method])
+            app.add_url_rule(e.rule, endpoint=f"{e.method} {e.path}",
+                             view_func=_checked(e), methods=[e.method])
 
     def public_rules(self) -> set[str]:
         return {e.rule for e in self.endpoints if not e.auth}
@@ -109,11 +146,11 @@ class Api:
                 "parameters": [
                     {"name": n, "in": "path", "required": True, "schema": (
                         {"type": t, "minimum": 0, "maximum": 2**31 - 1} if t == "integer"
-                        else {"type": t})}
+                        else {**PARAM_SCHEMAS.get(n, {}), "type": t})}
                     for n, t in e.path_params()
                 ] + [
                     {"name": q.name, "in": "query", "required": q.required,
-                     "description": q.description, "schema": {"type": q.type}}
+                     "description": q.description, "schema": q.schema()}
                     for q in e.query
                 ],
                 "responses": {
@@ -124,6 +161,13 @@ class Api:
             if e.body is not None:
                 op["requestBody"] = {"required": True, **_content(e.body, "")}
                 op["requestBody"].pop("description")
+                if isinstance(e.body, str):  # a file as the body: never empty
+                    content = op["requestBody"]["content"]
+                    if e.body == "zip":  # also accepted as plain bytes (generic clients)
+                        content["application/octet-stream"] = {
+                            "schema": {"type": "string", "format": "binary"}}
+                    for media in content.values():
+                        media["schema"]["minLength"] = 1
             if not e.auth:
                 op["security"] = []
             paths.setdefault(e.openapi_path, {})[e.method.lower()] = op
@@ -139,6 +183,25 @@ class Api:
                 "schemas": defs["$defs"],
             },
         }
+
+
+def _checked(e: Endpoint) -> Callable[..., Any]:
+    """The view of ``e``, after its path and query parameters are checked against the
+    document (:data:`PARAM_SCHEMAS`)."""
+    import functools
+
+    @functools.wraps(e.view)
+    def view(**kwargs: Any) -> Any:
+        for name, value in kwargs.items():
+            if isinstance(value, str):
+                check_param(name, value, "path")
+        for q in e.query:
+            raw = request.args.get(q.name)
+            if raw is not None:
+                check_param(q.name, raw, "query")
+        return e.view(**kwargs)
+
+    return view
 
 
 def _content(model: type[BaseModel] | str | None, description: str) -> dict[str, Any]:
@@ -178,6 +241,13 @@ def parse_body(model: type[BaseModel]) -> Any:
     except ValidationError as exc:
         errors = [{"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]}
                   for e in exc.errors()]
+        boards = [e for e in exc.errors() if e["type"] == "literal_error"
+                  and e["loc"][-1] in ("board", "compile_board")]
+        if boards:  # the stable code for it, as hal.boards.get_profile says it
+            from hal.boards import profiles
+
+            raise InputError("unknown_board", f"no board profile named {boards[0]['input']!r}",
+                             known=sorted(profiles()), errors=errors) from None
         raise InputError(
             "bad_option", "; ".join(f"{e['field']}: {e['problem']}" for e in errors),
             errors=errors) from None

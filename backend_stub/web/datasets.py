@@ -59,7 +59,7 @@ def download_dataset(dataset_id: int):
     with b.store.session() as s:
         name = ops.get_dataset(s, dataset_id).name
     stream = ops.zip_stream(b.store, dataset_id)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    safe = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in name)
     return Response(stream, mimetype="application/zip", headers={
         "Content-Disposition": f'attachment; filename="{safe}.zip"'})
 

@@ -12,35 +12,35 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from backend_stub.datasets import get_or_404
+from backend_stub.names import DEVICE_ID_PATTERN
 from backend_stub.rollout import rollout_dict
 from backend_stub.schemas import Id
 from backend_stub.storage import FINAL_STATES, Rollout
 from backend_stub.web import Query, answer, api, backend, parse_body, query_float
-from hal.errors import InputError
 
 TAG = "rollouts"
 MAX_TARGETS = 1000
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", regex_engine="python-re")
 
 
 class TargetIn(_Strict):
     bridge_id: Id
-    device_id: str = Field(min_length=1, max_length=128)
+    device_id: str = Field(min_length=1, max_length=64, pattern=DEVICE_ID_PATTERN)
 
 
 class RolloutIn(_Strict):
     compilation_id: Id
     targets: list[TargetIn] = Field(min_length=1, max_length=MAX_TARGETS,
-                                    description="devices in rollout order; the first "
-                                                "`canary` of them are the canary wave")
+                                    json_schema_extra={"uniqueItems": True},
+                                    description="devices in rollout order (each once); the "
+                                                "first `canary` of them are the canary wave")
     canary: int = Field(1, ge=0, le=MAX_TARGETS, description="devices in the canary wave "
                                                              "(0: no canary)")
     wave_size: int = Field(4, ge=1, le=MAX_TARGETS, description="devices per later wave")
-    max_parallel: int = Field(4, ge=1, le=64, description="deployments at once in a wave "
-                                                          "(at most the server's limit)")
+    max_parallel: int = Field(4, ge=1, le=16, description="deployments at once in a wave")
     input_vectors: int = Field(4, ge=0, le=64, description="validation samples sent along")
     arena_bytes: int | None = Field(None, ge=1024, le=1 << 30)
     boot_deadline_s: float = Field(20.0, gt=0.0, le=600.0)
@@ -86,10 +86,6 @@ class RolloutList(_Strict):
 def create_rollout():
     b = backend()
     body = parse_body(RolloutIn)
-    limit = b.config.rollout_max_parallel
-    if body.max_parallel > limit:
-        raise InputError("bad_option", f"max_parallel: at most {limit} on this server",
-                         errors=[{"field": "max_parallel", "problem": f"at most {limit}"}])
     ro_id = b.rollouts.create(
         body.compilation_id, [(t.bridge_id, t.device_id) for t in body.targets],
         canary=body.canary, wave_size=body.wave_size, max_parallel=body.max_parallel,

@@ -149,7 +149,7 @@ def test_rollout_cancel_and_refusals(client, app, fleet):
         ({"targets": [{"bridge_id": ba, "device_id": "nope"}]}, 404),
         ({"targets": [{"bridge_id": 999, "device_id": "ra-1"}]}, 404),
         ({"targets": [{"bridge_id": ba, "device_id": "ra-1"}], "max_parallel": 0}, 422),
-        ({"targets": [{"bridge_id": ba, "device_id": "ra-1"}], "max_parallel": 64}, 422),
+        ({"targets": [{"bridge_id": ba, "device_id": "ra-1"}], "max_parallel": 17}, 422),
         ({"targets": [{"bridge_id": ba, "device_id": "ra-1"}], "wave_size": 0}, 422),
         ({"targets": [{"bridge_id": ba, "device_id": "x" * 129}]}, 422),
         ({"targets": [{"bridge_id": ba, "device_id": "ra-1"}], "arena_bytes": 300_000}, 422),
