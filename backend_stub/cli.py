@@ -22,7 +22,7 @@ import click
 
 from backend_stub.client import DEFAULT_URL, ENV_URL, BackendClient
 from backend_stub.config import ENV_TOKEN
-from hal.errors import BugError, HalError
+from hal.errors import BugError, HalError, InfraError
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,29 @@ def serve(host, port, database, database_password_file, allowed_hosts, allowed_o
 
 
 @cli.command(context_settings=CONTEXT)
+@click.option("--wait", type=click.FloatRange(0, 600), default=0.0, show_default=True,
+              help="Keep asking for up to this many seconds until the backend answers "
+                   "(for scripts that just started it).")
+@command
+def health(call: Call, wait: float) -> int:
+    """Whether the backend answers: version, database, running jobs (exit 1 if not)."""
+    import time
+
+    end = time.monotonic() + wait
+    while True:
+        try:
+            body = call.client.json("GET", "/health")
+            break
+        except HalError as err:
+            if err.code not in ("unavailable", "timeout") or time.monotonic() >= end:
+                raise
+            time.sleep(0.2)
+    call.out(body, f"backend {body['status']}: version {body['version']}, database "
+                   f"{body['database']}, {body['jobs_running']} job(s) running")
+    return EXIT_OK
+
+
+@cli.command(context_settings=CONTEXT)
 @click.option("--write", is_flag=True, help="Write backend_stub/openapi.json.")
 def openapi(write: bool) -> None:
     """Print (or --write) the OpenAPI document generated from the code."""
@@ -261,6 +284,41 @@ def datasets() -> None:
 def _dataset_text(d: dict) -> str:
     labels = ", ".join(f"{k}={v}" for k, v in d["labels"].items())
     return f"dataset {d['id']} {d['name']!r}: {d['images']} images ({labels})"
+
+
+@datasets.command("example", context_settings=CONTEXT)
+@click.argument("zip_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--per-label", type=click.IntRange(5, 1000), default=20, show_default=True,
+              help="Images per label.")
+@click.option("--size", type=click.IntRange(8, 512), default=48, show_default=True,
+              help="Width and height of each image, in pixels.")
+@click.option("--rgb", is_flag=True, help="RGB images instead of grayscale.")
+def datasets_example(zip_path: Path, per_label: int, size: int, rgb: bool) -> None:
+    """Write the example dataset: a zip with one folder per label (blank, square, stripes)
+    of generated PNG images, ready for `datasets upload`. Needs no server.
+
+    \b
+    Example:
+      tinyml-backend datasets example shapes.zip && tinyml-backend datasets upload shapes.zip
+    """
+    import zipfile
+
+    from backend_stub.synthetic import shapes_entries
+
+    entries = shapes_entries(per_label=per_label, size=size, mode="RGB" if rgb else "L")
+    tmp = zip_path.with_name(zip_path.name + ".part")
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in entries.items():
+                zf.writestr(name, data)
+        tmp.replace(zip_path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        _fail(InfraError("unavailable", f"cannot write {zip_path}: {exc.strerror}",
+                         path=str(zip_path)), False)
+    labels = sorted({n.split("/")[0] for n in entries})
+    click.echo(f"wrote {zip_path}: {len(entries)} {size}x{size} images, labels "
+               f"{', '.join(labels)}")
 
 
 @datasets.command("list", context_settings=CONTEXT)
