@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from backend_stub.config import default_database_url
+from backend_stub.config import database_password, default_database_url, with_password
 from backend_stub.storage import Base
 
 config = context.config
@@ -18,7 +18,8 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    return context.get_x_argument(as_dictionary=True).get("url") or default_database_url()
+    url = context.get_x_argument(as_dictionary=True).get("url") or default_database_url()
+    return with_password(url, database_password())  # from a file or the environment
 
 
 def run_migrations_offline() -> None:
