@@ -12,3 +12,7 @@ for b in analysis sketch arduino rpi bridge backend; do
     .venv/bin/python "bench/bench_$b.py" > "bench/out/$b.txt" 2>&1
     echo "   exit $? ($(tail -c 300 "bench/out/$b.txt" | tr '\n' ' ' | cut -c1-120))" >&2
 done
+# Rollouts (issue 13): 24 virtual boards behind 3 bridges.
+echo "== bench_rollout" >&2
+.venv/bin/python bench/bench_rollout.py > bench/out/rollout.txt 2>&1
+echo "   exit $? ($(tail -n 8 bench/out/rollout.txt | head -n 1 | cut -c1-120))" >&2
