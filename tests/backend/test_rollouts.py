@@ -250,12 +250,13 @@ def _insert_artifact(db_url: str, model: Path = SHAPES) -> int:
         store.dispose()
 
 
-def test_backend_killed_mid_rollout_and_mid_deployment_reattaches(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_backend_killed_mid_rollout_and_mid_deployment_reattaches(tmp_path, sig):
     """Reproduction: a deployment in progress when the backend restarts was marked
     interrupted and never re-attached although the bridge finished it. Now the backend is
-    killed (SIGKILL) while a rollout's wave and a single deployment are under way; the
-    restarted backend follows the same bridge jobs (none is sent twice) to their verified
-    ends and finishes the rollout's remaining wave."""
+    killed (SIGKILL) or stopped (SIGTERM) while a rollout's wave and a single deployment are
+    under way; the restarted backend follows the same bridge jobs (none is sent twice) to
+    their verified ends and finishes the rollout's remaining wave."""
     # Slow flashing so that installs are surely under way at the kill.
     slow = {"upload_kbps": 150}
     bridge = RealBridge(tmp_path / "bridge", {f"s-{i}": slow for i in range(4)})
@@ -282,12 +283,16 @@ def test_backend_killed_mid_rollout_and_mid_deployment_reattaches(tmp_path):
                 break
             time.sleep(0.05)
         assert d["state"] == "running" and r["state"] == "running", (d, r)
-        os.killpg(served.proc.pid, signal.SIGKILL)
+        if sig == signal.SIGKILL:
+            os.killpg(served.proc.pid, signal.SIGKILL)
+        else:
+            served.proc.send_signal(signal.SIGTERM)
         # The bridge still had installs under way when the backend died.
         unfinished = [j["id"] for i in range(4) for j in _bridge_jobs(bridge, f"s-{i}")
                       if j["state"] in ("queued", "running")]
         assert unfinished, "the installs ended before the kill; slow them down"
-        served.proc.wait(10)
+        code = served.proc.wait(20)
+        assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 0), code
         served.proc.stdout.close()
         served.proc.stderr.close()
         before = {t["device_id"]: t["bridge_job_id"] for t in r["targets"][:2]}
