@@ -8,10 +8,13 @@ from typing import Literal
 
 from hal.boards import profiles
 
-# A name a user gives (label, dataset, bridge, file): a word character first, then word
-# characters, spaces and a little punctuation, no trailing space, at most 64 characters.
-# Python's `\w` is Unicode-aware (letters and digits of every script): "café" is a name.
-NAME_PATTERN = r"^\w(?:[\w ()+,.@-]{0,62}[\w()+,.@-])?$"
+# A name a user gives (label, dataset, bridge, file): word characters (Python's `\w` is
+# Unicode-aware: letters and digits of every script, so "café" is a name), spaces and ASCII
+# punctuation except '/' and '\'; not starting with '.' or a space, not ending with a space;
+# at most 64 characters. (Names read from a zip's folders follow archive.check_name; the
+# endpoints that look a label up take any existing name.)
+_PUNCT = r"""!"#$%&'()*+,:;<=>?@\[\]^`{|}~"""
+NAME_PATTERN = rf"^[\w{_PUNCT}-](?:[\w {_PUNCT}.-]{{0,62}}[\w{_PUNCT}.-])?$"
 # A bridge's device id (the bridge's own rule).
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 

@@ -36,7 +36,6 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
     "lines": {"type": "integer", "minimum": 1, "maximum": 1000},
     "name": {"type": "string", "pattern": NAME_PATTERN},
     "filename": {"type": "string", "pattern": NAME_PATTERN},
-    "label": {"type": "string", "pattern": NAME_PATTERN},
     "device_id": {"type": "string", "pattern": DEVICE_ID_PATTERN},
 }
 

@@ -241,3 +241,21 @@ def test_sqlite_file_is_private(tmp_path):
         assert stat.S_IMODE(db.stat().st_mode) == 0o600
     finally:
         assert _stop(proc) == 0
+
+
+def test_documented_name_rules_and_existing_labels(sqlite_client):
+    """Names given through the API follow the documented pattern (Unicode letters, spaces,
+    ASCII punctuation but '/' and '\\'); a label read from a zip folder (archive rules) can
+    always be looked up, renamed and removed by its name."""
+    from tests.backend.conftest import upload
+
+    c = sqlite_client
+    ds = upload(c, "café:1", dataset_entries(("a;b", "été"), 3)).get_json()
+    assert ds["name"] == "café:1", ds
+    for bad in (".x", " x", "x ", "a/b", "\u200bx", "x" * 65):
+        r = c.post(f"/datasets/{ds['id']}/labels", json={"name": bad})
+        assert r.status_code == 422 and r.get_json()["code"] == "bad_option", (bad, r.get_json())
+    r = c.patch(f"/datasets/{ds['id']}/labels/a;b", json={"name": "a b (c)"})
+    assert r.status_code == 200 and "a b (c)" in r.get_json()["labels"], r.get_json()
+    assert c.delete(f"/datasets/{ds['id']}/labels/été").status_code == 200
+    assert c.delete(f"/datasets/{ds['id']}/labels/nope").status_code == 404

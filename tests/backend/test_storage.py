@@ -28,7 +28,8 @@ def test_migrations_create_exactly_the_models(db_url):
             assert diff == [], diff
             tables = set(inspect(conn).get_table_names())
         assert {"alembic_version", "datasets", "labels", "images", "trainings",
-                "training_epochs", "compilations", "bridges", "deployments"} <= tables
+                "training_epochs", "compilations", "bridges", "deployments", "rollouts",
+                "rollout_targets"} <= tables
         Store(db_url).dispose()  # a second upgrade is a no-op
     finally:
         store.dispose()
