@@ -128,6 +128,20 @@ class Api:
     def public_rules(self) -> set[str]:
         return {e.rule for e in self.endpoints if not e.auth}
 
+    def _links(self, e: Endpoint) -> dict[str, Any]:
+        """OpenAPI links from a creating ``POST /things`` to every operation on
+        ``/things/{thing_id}...``: the new row's ``id`` is that parameter (clients and
+        stateful testers follow them)."""
+        if e.method != "POST" or e.path_params() or not isinstance(e.response, type):
+            return {}
+        links = {}
+        for t in self.endpoints:
+            if t.path.startswith(e.path + "/{") and t.path_params():
+                first = t.path_params()[0][0]
+                links[t.view.__name__] = {"operationId": t.view.__name__,
+                                          "parameters": {first: "$response.body#/id"}}
+        return links
+
     def openapi(self) -> dict[str, Any]:
         models = {schemas.ErrorOut}
         for e in self.endpoints:
@@ -169,6 +183,9 @@ class Api:
                         media["schema"]["minLength"] = 1
             if not e.auth:
                 op["security"] = []
+            links = self._links(e)
+            if links:
+                op["responses"][str(e.status)]["links"] = links
             paths.setdefault(e.openapi_path, {})[e.method.lower()] = op
         return {
             "openapi": "3.1.0",
