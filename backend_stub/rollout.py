@@ -236,6 +236,9 @@ class RolloutRunner:
         if event is None or state in FINAL_STATES:
             raise conflict(f"rollout {ro_id} has ended already ({state})", state=state)
         event.set()
+        with self.store.session() as s:  # kept across a restart
+            ro = s.get(Rollout, ro_id)
+            ro.params = {**ro.params, "cancel_requested": True}
         with self.store.session() as s:
             running = list(s.scalars(select(RolloutTarget.deployment_id).where(
                 RolloutTarget.rollout_id == ro_id, RolloutTarget.state == DEPLOYING)))
@@ -283,6 +286,8 @@ class RolloutRunner:
             comp_id = ro.compilation_id
             if ro.state == QUEUED:
                 ro.state, ro.started_at = RUNNING, utcnow()
+        if params.get("cancel_requested"):
+            cancel.set()  # asked for before a restart
         failure: dict[str, Any] = {}
         halt = threading.Event()
         waves = sorted({t.wave for t in self._targets(ro_id)})
@@ -295,7 +300,11 @@ class RolloutRunner:
                 failure["target"] = failed_before[0]  # recorded before a restart
                 halt.set()
             if halt.is_set() or cancel.is_set():
-                break
+                # Nothing new starts; deployments already under way (a restart in the middle
+                # of a halting wave) are still followed to their end.
+                todo = [t for t in todo if t.deployment_id is not None]
+                if not todo:
+                    continue
             log.info("rollout %d: wave %d, %d device(s)", ro_id, wave, len(todo))
             with ThreadPoolExecutor(max_workers=max(1, int(params["max_parallel"])),
                                     thread_name_prefix=f"rollout-{ro_id}-w{wave}") as pool:
@@ -303,8 +312,6 @@ class RolloutRunner:
                     pool.submit(self._one, ro_id, t.id, comp_id, params, halt, cancel, failure)
             if self.deployments.stopping.is_set():
                 return  # the backend stops: continued at the next start
-            if halt.is_set() or cancel.is_set():
-                break
         if self.deployments.stopping.is_set():
             return
         if cancel.is_set():
