@@ -219,7 +219,10 @@ def datasets() -> None:
 
 def _dataset_text(d: dict) -> str:
     labels = ", ".join(f"{k}={v}" for k, v in d["labels"].items())
-    return f"dataset {d['id']} {d['name']!r}: {d['images']} images ({labels})"
+    text = f"dataset {d['id']} {d['name']!r}: {d['images']} images ({labels})"
+    for w in d.get("lossy_names") or ():
+        text += f"\nwarning: {w['entry']!r} (raw bytes {w['raw']}): {w['problem']}"
+    return text
 
 
 @datasets.command("list", context_settings=CONTEXT)

@@ -52,6 +52,9 @@ class DatasetOut(_Response):
     size_bytes: int
     skipped: list[str] | None = Field(None, description="archiver junk that was ignored")
     added: int | None = Field(None, description="images added by this request")
+    lossy_names: list[dict[str, str]] | None = Field(
+        None, description="entry names without the zip UTF-8 flag that are not UTF-8 either, "
+                          "decoded as cp437 and possibly wrong: {entry, raw, problem}")
 
 
 class DatasetList(_Response):

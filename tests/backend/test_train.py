@@ -145,3 +145,25 @@ def test_train_and_compile_in_one_worker(sqlite_client):
     assert comp["state"] == "succeeded", comp
     assert comp["report"]["model"]["int8"] is True and comp["report"]["fit"]["fits"] is True
     assert c.get(f"{link}/model.tflite").status_code == 200
+
+
+@pytest.mark.parametrize(("size", "filters", "chans", "classes"), [
+    ((8, 8), [8, 8, 8], 1, 10), ((8, 8), [8, 8, 8, 8], 1, 10), ((48, 32), [8, 16], 3, 3),
+    ((9, 17), [4, 4, 4], 1, 2),
+])
+def test_early_validation_agrees_with_keras(size, filters, chans, classes):
+    """The web process's shape arithmetic (no TensorFlow) says exactly what Keras does:
+    refused combinations raise when built, accepted ones build with that many parameters."""
+    from backend_stub.architecture import shapes, training_problems
+    from backend_stub.training import build_model
+
+    width, height = size
+    params = {"image_width": width, "image_height": height,
+              "color_mode": "grayscale" if chans == 1 else "rgb", "conv_filters": filters}
+    problems = training_problems(params, classes, 10)
+    if problems:
+        with pytest.raises(ValueError):
+            build_model(classes, height, width, chans, filters)
+    else:
+        model = build_model(classes, height, width, chans, filters)
+        assert model.count_params() == shapes(height, width, chans, filters, classes).parameters
