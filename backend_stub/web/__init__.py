@@ -262,6 +262,7 @@ def job_links(kind: str, ident: int) -> dict[str, str]:
 
 
 def _load_views() -> None:
+    import backend_stub.web.metrics  # noqa: F401  (per-label metrics)
     from backend_stub.web import bridges, datasets, jobs, meta  # noqa: F401  (fill `api`)
 
 
