@@ -135,10 +135,21 @@ def collect(client: Any, device_id: str, sha256: str, count: int, after_seq: int
     Returns ``({vector index: inference line}, complete)``. Raises ``Cancelled``."""
     results: dict[int, dict] = {}
     last_seq = after_seq
-    ours = False  # the lines being read come from a run that announced our model
+    # Whether the lines being read come from a run that announced our model: None until a
+    # boot or status line says. The bridge reads the first boot line itself (to verify the
+    # boot), so a run's first inference lines often come before its next announcement; they
+    # wait in `pending` and count once the announcement proves they belong to our run (the
+    # line after it continues their count: no restart in between).
+    ours: bool | None = None
+    pending: list[dict] = []
+    confirm = False
     last_n = 0
     lines = _OBSERVE_LINES
     end = time.monotonic() + deadline_s
+
+    def take(line: dict) -> None:
+        results.setdefault((int(line.get("seq", 0)) - 1) % count, line)
+
     while len(results) < count:
         if cancel.is_set():
             raise Cancelled(f"cancelled while collecting inference lines ({len(results)} of "
@@ -155,19 +166,30 @@ def collect(client: Any, device_id: str, sha256: str, count: int, after_seq: int
         entries = sorted((e for e in obs.get("lines", []) if int(e.get("seq", 0)) > last_seq),
                          key=lambda e: int(e["seq"]))
         if entries and int(entries[0]["seq"]) > last_seq + 1 and last_seq > after_seq:
-            ours = False  # lines were lost between polls: wait for the next announcement
+            ours, pending, confirm = None, [], False  # lines were lost between polls
         for e in entries:
             last_seq = int(e["seq"])
             line = e.get("line") or {}
             kind = line.get("kind")
             if kind in ("boot", "status"):
                 ours = bool(line.get("sha")) and sha256.startswith(str(line["sha"]))
-            elif kind == "inference" and ours:
+                confirm = ours and bool(pending)
+                if not ours:
+                    pending = []
+            elif kind == "inference":
                 n = int(line.get("seq", 0))
                 if n <= last_n:  # the board restarted: its count (and vector cycle) too
                     results.clear()
+                    pending, confirm = [], False
                 last_n = n
-                results.setdefault((n - 1) % count, line)
+                if confirm:
+                    for held in pending:
+                        take(held)
+                    pending, confirm = [], False
+                if ours:
+                    take(line)
+                elif ours is None:
+                    pending.append(line)
         if progress is not None:
             progress(len(results))
         if len(results) < count:

@@ -118,6 +118,30 @@ def test_collect_reads_only_the_new_models_lines_and_follows_restarts(monkeypatc
     assert not complete and answers == {}  # no announcement of our model after seq 7
 
 
+def test_lines_before_the_announcement_count_once_it_proves_them_ours(monkeypatch):
+    monkeypatch.setattr(agreement, "_POLL_S", 0.01)
+    status = {"kind": "status", "sha": SHA[:16]}
+    # The bridge consumed the boot line while verifying; n=1 and n=2 come before the next
+    # announcement, and n=3 continues the same run.
+    page = _entries(1, [_line(1, [100, -100, -128]), _line(2, [-128, 127, -128]), status,
+                        _line(3, [-128, -100, 100])])
+    answers, complete = agreement.collect(ScriptedBridge([page]), "d", SHA, 3, 0, 1.0,
+                                          threading.Event())
+    assert complete and [answers[i]["seq"] for i in range(3)] == [1, 2, 3]
+    # Unannounced lines followed by a new boot (n restarts) are not the new run's.
+    page = _entries(1, [_line(7, [0, 0, 0]), {"kind": "boot", "sha": SHA[:16]},
+                        _line(1, [100, -100, -128])])
+    answers, complete = agreement.collect(ScriptedBridge([page]), "d", SHA, 3, 0, 0.1,
+                                          threading.Event())
+    assert not complete and list(answers) == [0] and answers[0]["seq"] == 1
+    # Lines of another model's announcement never count.
+    page = _entries(1, [_line(1, [0, 0, 0]), {"kind": "status", "sha": "cd" * 8},
+                        _line(2, [0, 0, 0])])
+    answers, _ = agreement.collect(ScriptedBridge([page]), "d", SHA, 3, 0, 0.1,
+                                   threading.Event())
+    assert answers == {}
+
+
 def test_collect_times_out_and_cancels(monkeypatch):
     monkeypatch.setattr(agreement, "_POLL_S", 0.01)
     page = _entries(1, [{"kind": "status", "sha": SHA[:16]}, _line(1, [0, 0, 0])])
