@@ -431,3 +431,14 @@ def test_names_recovered_as_utf8_are_still_checked(sqlite_client, sqlite_app):
     problems = _problems(r)
     assert any("control characters" in p for p in problems.values()), problems
     _nothing_stored(sqlite_app)
+
+
+def test_overlong_utf8_dots_are_not_a_traversal(sqlite_client):
+    # b"\xc0\xae" is an overlong (invalid) UTF-8 form of ".": never decoded as "..".
+    blob = _zip_with_raw_names({b"\xc0\xae\xc0\xae": _images(0), b"plain": _images(10)})
+    r = sqlite_client.post("/datasets?name=dots", data=blob, content_type="application/zip")
+    assert r.status_code == 201, r.get_json()
+    body = r.get_json()
+    assert ".." not in body["labels"] and "└«└«" in body["labels"]
+    assert {w["raw"] for w in body["lossy_names"]} == {f"\\xc0\\xae\\xc0\\xae/00{i}.png"
+                                                       for i in range(3)}
