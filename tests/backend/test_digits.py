@@ -3,7 +3,8 @@ handwritten digits (1,797 images, ten labels, no download). A fifth of them is h
 anything reaches the backend; the rest is uploaded, trained on and compiled to int8 in the
 worker, the artifact is downloaded and measured on the held-out fifth here with LiteRT and
 this file's own preprocessing (int8 accuracy >= 0.95), then deployed through a real bridge
-process to a virtual Nano 33 BLE whose answers must equal the host int8 model's exactly."""
+process to a virtual Nano 33 BLE with 20 vectors (two per digit), whose answers must equal
+the host int8 model's exactly."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from tests.backend.test_jobs import wait_state
 
 pytestmark = pytest.mark.train
 
-PARAMS = {"image_width": 8, "image_height": 8, "conv_filters": [16, 32], "epochs": 40,
-          "batch_size": 32, "learning_rate": 0.005, "dropout": 0.1, "seed": 1}
+# Few epochs keep the train suite short (~15 s of training on 2 vCPUs); 0.98 held out.
+PARAMS = {"image_width": 8, "image_height": 8, "conv_filters": [8, 16], "epochs": 15,
+          "batch_size": 32, "learning_rate": 0.01, "dropout": 0.1, "seed": 1}
 
 
 def _held_out_split() -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +79,7 @@ def test_digits_end_to_end_with_on_device_agreement(sqlite_client, real_bridge):
 
     r = c.post("/deployments", json={"compilation_id": comp["id"],
                                      "bridge_id": _add_bridge(c, real_bridge.url),
-                                     "device_id": VIRTUAL_DEVICE, "input_vectors": 30})
+                                     "device_id": VIRTUAL_DEVICE, "input_vectors": 20})
     assert r.status_code == 202, r.get_json()
     dep = _wait_deployment(c, r.get_json()["id"], timeout=180)
     agr = dep["agreement"]
@@ -87,7 +89,7 @@ def test_digits_end_to_end_with_on_device_agreement(sqlite_client, real_bridge):
           f"{worst['recall']:.3f}; on-device agreement: {agr}")
     assert held_acc >= 0.95, held_acc
     assert dep["state"] == "succeeded", dep
-    assert Counter(dep["vectors"]["expected"]) == {d: 3 for d in range(10)}
-    assert agr["state"] == "passed" and agr["answered"] == 30
+    assert Counter(dep["vectors"]["expected"]) == {d: 2 for d in range(10)}
+    assert agr["state"] == "passed" and agr["answered"] == 20
     assert agr["exact_output_match_rate"] == 1.0 and agr["label_match_rate"] == 1.0
     assert agr["device_accuracy"] == agr["host_accuracy"]
