@@ -218,6 +218,47 @@ def test_deployment_reports_on_device_agreement(sqlite_client, sqlite_app, real_
     assert a["device_accuracy"] == a["host_accuracy"]
     assert [row["expected"] for row in a["per_vector"][:3]] == list(SHAPE_LABELS)
     assert all(row["exact"] and row["n"] >= 1 for row in a["per_vector"])
+    from backend_stub.cli import _agreement_text
+
+    assert _agreement_text(a) == (
+        "on-device agreement passed: 9/9 vectors answered; exact int8 outputs 100.00%, labels "
+        f"100.00% (minimum 95.00%); accuracy on the board {a['device_accuracy']:.2%}, on the "
+        f"host {a['host_accuracy']:.2%}")
+
+
+def test_board_too_slow_to_answer_is_a_timeout(sqlite_client, sqlite_app, real_bridge):
+    c = sqlite_client
+    comp = _compiled_with_vectors(c, sqlite_app)
+    r = c.post("/deployments", json={"compilation_id": comp,
+                                     "bridge_id": _add_bridge(c, real_bridge.url),
+                                     "device_id": VIRTUAL_DEVICE, "input_vectors": 18,
+                                     "agreement_timeout_s": 0.5})
+    dep = _wait_deployment(c, r.get_json()["id"])
+    assert dep["state"] == "failed" and dep["error"]["code"] == "timeout", dep
+    assert dep["error"]["detail"]["vectors"] == 18
+    assert dep["error"]["detail"]["answered"] < 18
+    assert dep["agreement"]["state"] == "timeout"
+
+
+def test_cancel_while_collecting(sqlite_client, sqlite_app, real_bridge):
+    c = sqlite_client
+    comp = _compiled_with_vectors(c, sqlite_app)
+    r = c.post("/deployments", json={"compilation_id": comp,
+                                     "bridge_id": _add_bridge(c, real_bridge.url),
+                                     "device_id": VIRTUAL_DEVICE, "input_vectors": 18})
+    dep_id = r.get_json()["id"]
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        dep = c.get(f"/deployments/{dep_id}").get_json()
+        if (dep.get("agreement") or {}).get("state") == "collecting" or \
+                dep["state"] not in ("queued", "running"):
+            break
+        time.sleep(0.1)
+    assert dep["agreement"]["state"] == "collecting", dep
+    assert c.post(f"/deployments/{dep_id}/cancel").status_code == 202
+    dep = _wait_deployment(c, dep_id)
+    assert dep["state"] == "cancelled", dep
+    assert "board runs the new model" in dep["error"]["message"]
 
 
 def test_deployment_below_the_threshold_is_reported(sqlite_client, sqlite_app, real_bridge):
@@ -246,6 +287,8 @@ def test_deployment_below_the_threshold_is_reported(sqlite_client, sqlite_app, r
 
 @pytest.mark.parametrize(("body", "field"), [
     ({"min_agreement": 1.5}, "min_agreement"), ({"min_agreement": "all"}, "min_agreement"),
+    ({"min_agreement": float("nan")}, "min_agreement"),
+    ({"min_agreement": -1e308}, "min_agreement"),
     ({"agreement_timeout_s": 0}, "agreement_timeout_s"),
     ({"agreement_timeout_s": 1e9}, "agreement_timeout_s"),
 ])
