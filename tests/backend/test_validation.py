@@ -66,3 +66,20 @@ def test_parameter_count_formula():
     assert s.sides == ((24, 24), (12, 12))
     assert s.flatten == 12 * 12 * 16
     assert s.parameters == (9 + 1) * 8 + (9 * 8 + 1) * 16 + (12 * 12 * 16 + 1) * 3
+
+
+def test_cli_prints_the_reason(live_server):
+    from click.testing import CliRunner
+
+    from backend_stub.cli import cli
+    from tests.backend.conftest import TOKEN, dataset_entries, make_zip
+
+    c = live_server.app.test_client()
+    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    ds = c.post("/datasets?name=v", data=make_zip(dataset_entries()),
+                content_type="application/zip").get_json()["id"]
+    r = CliRunner().invoke(cli, ["train", str(ds), "--image-width", "8", "--image-height", "8",
+                                 "--conv-filters", "8,8,8,8", "--url", live_server.url,
+                                 "--token", TOKEN], catch_exceptions=False)
+    assert r.exit_code == 1
+    assert "bad_option" in r.output and "8 -> 4 -> 2 -> 1 -> 0" in r.output
