@@ -141,10 +141,13 @@ def run_compilation(store: Store, compilation_id: int, fault: Callable[[], None]
     fit = fit_check(model_report, get_profile(job["board"]))
     per_label = metrics.per_label(y_val, job["labels"], float=float_pred, int8=int8_pred)
     vin, vout = model_report.inputs[0], model_report.outputs[0]
-    vectors = agreement.host_vectors(
-        tflite, (float(vin.scale), int(vin.zero_point)), (float(vout.scale),
-                                                          int(vout.zero_point)),
-        agreement.stratified(job["val_pairs"]), job["val_blobs"], job["train_params"])
+    vectors = None
+    if None not in (vin.scale, vin.zero_point, vout.scale, vout.zero_point):
+        # Held-out vectors evenly across labels with the host int8 outputs, for deployments.
+        vectors = agreement.host_vectors(
+            tflite, (float(vin.scale), int(vin.zero_point)),
+            (float(vout.scale), int(vout.zero_point)),
+            agreement.stratified(job["val_pairs"]), job["val_blobs"], job["train_params"])
     report = {"model": model_report.to_dict(), "fit": fit.to_dict(), "accuracy": accuracy,
               "labels": job["labels"], "seconds": round(time.monotonic() - t0, 3)}
     state, error = SUCCEEDED, None

@@ -250,7 +250,7 @@ class DeploymentRunner:
                          params: dict[str, Any], anchor: int, cancel: threading.Event) -> None:
         """After the verified boot: the board's answers for the vectors against the host int8
         model (backend_stub.agreement). Below ``min_agreement``: ``agreement_low``."""
-        if not sent or not sent["image_ids"]:
+        if not sent:
             self._set(dep_id, agreement={"state": "unavailable", "reason": (
                 "the compilation has no host int8 outputs (compiled before they were "
                 "recorded); compile again to check on-device agreement")})
@@ -260,11 +260,22 @@ class DeploymentRunner:
         minimum = float(params.get("min_agreement", agreement.DEFAULT_MIN_AGREEMENT))
         started = time.monotonic()
         self._set(dep_id, agreement={"state": "collecting", "vectors": count, "answered": 0})
-        with bridge_client(url, token, self.config) as client:
-            answers, complete = agreement.collect(
-                client, device_id, sha, count, anchor, deadline, cancel,
-                progress=lambda k: self._set(dep_id, agreement={
-                    "state": "collecting", "vectors": count, "answered": k}))
+        answered = 0
+
+        def progress(k: int) -> None:
+            nonlocal answered
+            answered = k
+            self._set(dep_id, agreement={"state": "collecting", "vectors": count,
+                                         "answered": k})
+
+        try:
+            with bridge_client(url, token, self.config) as client:
+                answers, complete = agreement.collect(client, device_id, sha, count, anchor,
+                                                      deadline, cancel, progress=progress)
+        except HalError as exc:  # cancelled, or the bridge failed while we read
+            self._set(dep_id, agreement={"state": "cancelled" if isinstance(exc, Cancelled)
+                                         else "failed", "vectors": count, "answered": answered})
+            raise
         result = agreement.evaluate(sent, answers, labels, minimum)
         result["seconds"] = round(time.monotonic() - started, 3)
         state = "passed" if result["passed"] else ("timeout" if not complete

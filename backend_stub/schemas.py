@@ -282,7 +282,8 @@ class DeploymentOut(_Response):
     error: dict[str, Any] | None
     agreement: dict[str, Any] | None = Field(
         None, description="on-device agreement with the host int8 model: state (collecting, "
-                          "passed, below_threshold, timeout, unavailable), exact output and "
+                          "passed, below_threshold, timeout, cancelled, failed, unavailable), "
+                          "exact output and "
                           "label match rates, device and host accuracy, one row per vector")
     vectors: dict[str, Any] | None = Field(
         None, description="the vectors sent: image ids, expected classes, host int8 outputs")

@@ -258,6 +258,7 @@ def test_cancel_while_collecting(sqlite_client, sqlite_app, real_bridge):
     assert c.post(f"/deployments/{dep_id}/cancel").status_code == 202
     dep = _wait_deployment(c, dep_id)
     assert dep["state"] == "cancelled", dep
+    assert dep["agreement"]["state"] == "cancelled"
     assert "board runs the new model" in dep["error"]["message"]
 
 
