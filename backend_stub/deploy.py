@@ -211,6 +211,8 @@ class DeploymentRunner:
         with bridge_client(url, token, self.config) as client:
             # Lines after this one are the new install's (agreement reads only those).
             anchor = agreement.observe_anchor(client, device_id) if sent else 0
+            if sent:  # kept, so a restarted backend could resume reading the same lines
+                self._set(dep_id, vectors={**sent, "after_seq": anchor})
             job = client.install(device_id, artifact, **options)
             self._set(dep_id, bridge_job_id=str(job["id"]), bridge_job=job)
             log.info("deployment %d: bridge job %s started", dep_id, job["id"])
