@@ -54,6 +54,7 @@ class ArchiveEntry:
     filename: str
     size_bytes: int
     facts: ImageFacts
+    name: str = ""  # the entry's name as decoded (see entry_name); zip_name finds it again
 
 
 @dataclass
@@ -64,6 +65,9 @@ class ValidatedArchive:
     entries: list[ArchiveEntry] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     total_bytes: int = 0
+    # Names neither flagged UTF-8 nor valid UTF-8, decoded as cp437 (perhaps not what the
+    # archiver meant): [{"entry", "raw", "problem"}]. Reported with the upload's answer.
+    lossy_names: list[dict[str, str]] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -118,6 +122,30 @@ def check_name(name: str, what: str) -> str:
     if problem:
         raise InputError("bad_option", f"{what} {name!r} {problem}", name=name)
     return norm
+
+
+_UTF8_FLAG = 0x800  # general purpose bit 11: the name and comment are UTF-8
+
+
+def entry_name(info: zipfile.ZipInfo) -> tuple[str, bool]:
+    """The entry's name and whether it may have been decoded lossily.
+
+    Python's zipfile decodes a name as UTF-8 when the entry has the UTF-8 flag (bit 11),
+    and as cp437 otherwise. Many archivers (Windows Explorer, older Info-ZIP, macOS) write
+    UTF-8 or their code page without the flag, so a name without the flag is tried as UTF-8
+    first; only when its bytes are not valid UTF-8 does cp437 stay, and then the name is
+    reported as possibly wrong (``café`` written in Latin-1 reads ``cafΘ`` in cp437; no
+    decoding can tell the code page for certain)."""
+    if info.flag_bits & _UTF8_FLAG:
+        return info.orig_filename, False
+    # cp437 maps all 256 byte values, so encoding the decoded name gives the raw bytes back.
+    raw = info.orig_filename.encode("cp437")
+    if raw.isascii():
+        return info.orig_filename, False
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return info.orig_filename, True
 
 
 def _entry_path_problem(name: str) -> str | None:
@@ -306,9 +334,9 @@ def validate_archive(path: Path, limits: DatasetLimits, *, for_addition: bool = 
     problems = _Problems(limits.max_listed_problems)
     budget = _Budget(limits.max_total_uncompressed_bytes)
     with _open_zip(path, limits) as zf:
-        files: list[zipfile.ZipInfo] = []
+        files: list[tuple[zipfile.ZipInfo, str]] = []
         for info in zf.infolist():
-            name = info.filename
+            name, lossy = entry_name(info)
             path_problem = _entry_path_problem(name)
             if path_problem:
                 problems.add(name, path_problem)
@@ -325,25 +353,33 @@ def validate_archive(path: Path, limits: DatasetLimits, *, for_addition: bool = 
             if info.flag_bits & 0x1:
                 problems.add(name, "encrypted entry")
                 continue
-            files.append(info)
-        strip = _layout(i.filename for i in files)
+            if lossy:
+                raw = info.orig_filename.encode("cp437")
+                result.lossy_names.append({
+                    "entry": name, "raw": raw.decode("ascii", "backslashreplace"),
+                    "problem": "no UTF-8 flag and not valid UTF-8: decoded as cp437, the zip "
+                               "default; if the archiver used another code page (e.g. Latin-1)"
+                               " this name is wrong; re-create the zip with UTF-8 names"})
+                log.warning("zip entry %r: name decoded as cp437 (raw %r)", name, raw)
+            files.append((info, name))
+        strip = _layout(n for _, n in files)
         seen: set[tuple[str, str]] = set()
-        for info in files:
-            parts = info.filename.split("/")[strip:]
+        for info, name in files:
+            parts = name.split("/")[strip:]
             if len(parts) != 2:
-                problems.add(info.filename, "expected <label>/<image file> (one folder per label)")
+                problems.add(name, "expected <label>/<image file> (one folder per label)")
                 continue
             try:
                 label = check_name(parts[0], "label")
             except InputError as exc:
-                problems.add(info.filename, exc.message)
+                problems.add(name, exc.message)
                 continue
             filename = unicodedata.normalize("NFC", parts[1])
             if len(filename.encode()) > 255:
-                problems.add(info.filename, "file name longer than 255 bytes")
+                problems.add(name, "file name longer than 255 bytes")
                 continue
             if (label, filename) in seen:
-                problems.add(info.filename, "duplicate entry")
+                problems.add(name, "duplicate entry")
                 continue
             seen.add((label, filename))
             try:
@@ -351,13 +387,14 @@ def validate_archive(path: Path, limits: DatasetLimits, *, for_addition: bool = 
                 facts = check_image(data, limits)
             except OverflowError as exc:
                 # The whole archive is over budget: stop reading, report what we have.
-                problems.add(info.filename, str(exc))
+                problems.add(name, str(exc))
                 problems.raise_if_any("the archive is too large when decompressed")
                 raise AssertionError("unreachable") from None
             except ValueError as exc:
-                problems.add(info.filename, str(exc))
+                problems.add(name, str(exc))
                 continue
-            result.entries.append(ArchiveEntry(info.filename, label, filename, len(data), facts))
+            result.entries.append(ArchiveEntry(info.filename, label, filename, len(data), facts,
+                                               name))
             result.total_bytes += len(data)
     problems.raise_if_any("the dataset archive is invalid")
     if for_addition:

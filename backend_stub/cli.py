@@ -283,7 +283,10 @@ def datasets() -> None:
 
 def _dataset_text(d: dict) -> str:
     labels = ", ".join(f"{k}={v}" for k, v in d["labels"].items())
-    return f"dataset {d['id']} {d['name']!r}: {d['images']} images ({labels})"
+    text = f"dataset {d['id']} {d['name']!r}: {d['images']} images ({labels})"
+    for w in d.get("lossy_names") or ():
+        text += f"\nwarning: {w['entry']!r} (raw bytes {w['raw']}): {w['problem']}"
+    return text
 
 
 @datasets.command("example", context_settings=CONTEXT)
@@ -606,6 +609,52 @@ def trainings_curves(call: Call, training_id: int, out: Path) -> None:
     call.out({"path": str(out), "bytes": n}, f"wrote {out} ({n} bytes)")
 
 
+def _per_label_text(body: dict) -> str:
+    """Each model's per-label table and confusion matrix (rows true, columns predicted)."""
+    from backend_stub.metrics import metrics_table
+
+    parts = []
+    for model in ("float", "int8"):
+        m = body.get(model)
+        if not m:
+            continue
+        acc = "-" if m["accuracy"] is None else f"{m['accuracy']:.4f}"
+        parts.append(f"{model}: accuracy {acc} on {m['samples']} validation images\n"
+                     + _table(metrics_table(m), ["LABEL", "IMAGES", "PREDICTED", "PRECISION",
+                                                 "RECALL"]))
+        names = body["labels"]
+        parts.append("confusion (rows: true, columns: predicted)\n" + _table(
+            [[name, *row] for name, row in zip(names, m["confusion"], strict=True)],
+            ["TRUE\\PRED", *names]))
+    return "\n\n".join(parts)
+
+
+def _per_label(call: Call, base: str, out: Path | None, model: str | None = None) -> None:
+    body = call.client.json("GET", f"{base}/per-label")
+    if out is not None:
+        with out.open("wb") as f:
+            n = call.client.download(f"{base}/confusion.png"
+                                     + (f"?model={model}" if model else ""), f)
+        body = {**body, "png": {"path": str(out), "bytes": n}}
+    call.out(body, lambda: _per_label_text(body) + (
+        f"\n\nwrote {out} ({body['png']['bytes']} bytes)" if out is not None else ""))
+
+
+@trainings.command("per-label", context_settings=CONTEXT)
+@click.argument("training_id", type=int)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the confusion matrix as a PNG file.")
+@command
+def trainings_per_label(call: Call, training_id: int, out: Path | None) -> None:
+    """Confusion matrix and per-label precision and recall of the float model on the
+    validation split.
+
+    \b
+    Example: tinyml-backend trainings per-label 1 --out confusion.png
+    """
+    _per_label(call, f"/trainings/{training_id}", out)
+
+
 @trainings.command("cancel", context_settings=CONTEXT)
 @click.argument("training_id", type=int)
 @command
@@ -698,6 +747,24 @@ def compilations_download(call: Call, compilation_id: int, out: Path) -> None:
     call.out({"path": str(out), "bytes": n}, f"wrote {out} ({n} bytes)")
 
 
+@compilations.command("per-label", context_settings=CONTEXT)
+@click.argument("compilation_id", type=int)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a confusion matrix as a PNG file.")
+@click.option("--model", type=click.Choice(["int8", "float"]), default="int8",
+              show_default=True, help="Which model's confusion matrix --out draws.")
+@command
+def compilations_per_label(call: Call, compilation_id: int, out: Path | None,
+                           model: str) -> None:
+    """Confusion matrices and per-label precision and recall of the float and the int8
+    model on the validation split.
+
+    \b
+    Example: tinyml-backend compilations per-label 1 --out int8.png
+    """
+    _per_label(call, f"/compilations/{compilation_id}", out, model)
+
+
 # ------------------------------------------------------------------------------ bridges
 
 
@@ -777,7 +844,13 @@ def bridges_devices(call: Call, bridge_id: int) -> None:
 @click.option("--bridge", "bridge_id", type=int, required=True, help="Bridge id.")
 @click.option("--device", "device_id", required=True, help="Device id on that bridge.")
 @click.option("--input-vectors", type=click.IntRange(0, 64), default=4, show_default=True,
-              help="Validation images sent along as the device's inputs.")
+              help="Held-out images sent along as the device's inputs, drawn evenly across "
+                   "labels; the board's answers are checked against the host int8 model.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+              help="Label match rate with the host int8 model the deployment needs.")
+@click.option("--agreement-timeout", type=click.FloatRange(0, 3600, min_open=True),
+              default=120.0, show_default=True,
+              help="Seconds after the verified boot for the board to answer every vector.")
 @click.option("--arena-bytes", type=click.IntRange(1024, None), default=None,
               help="Override the tensor arena size.")
 @click.option("--boot-deadline", type=click.FloatRange(0, 600, min_open=True), default=20.0,
@@ -786,12 +859,13 @@ def bridges_devices(call: Call, bridge_id: int) -> None:
               help="Wait until the bridge job ends (exit 1 unless verified).")
 @command
 def deploy(call: Call, compilation_id: int, bridge_id: int, device_id: str, input_vectors,
-           arena_bytes, boot_deadline, follow) -> int:
+           min_agreement, agreement_timeout, arena_bytes, boot_deadline, follow) -> int:
     """Deploy an int8 artifact to a device through its bridge, and follow the job."""
     body = call.client.json("POST", "/deployments", json={
         "compilation_id": compilation_id, "bridge_id": bridge_id, "device_id": device_id,
         "input_vectors": input_vectors, "arena_bytes": arena_bytes,
-        "boot_deadline_s": boot_deadline})
+        "boot_deadline_s": boot_deadline, "min_agreement": min_agreement,
+        "agreement_timeout_s": agreement_timeout})
     if not follow:
         call.out(body, f"deployment {body['id']} {body['state']}")
         return EXIT_OK
@@ -799,13 +873,19 @@ def deploy(call: Call, compilation_id: int, bridge_id: int, device_id: str, inpu
     def text(d: dict) -> str:
         job = d.get("bridge_job") or {}
         steps = [s["name"] for s in job.get("steps", []) if s.get("status") == "done"]
+        agr = d.get("agreement") or {}
+        tail = (f"; agreement: {agr.get('answered')}/{agr.get('vectors')} vectors answered"
+                if agr.get("state") == "collecting" else "")
         return (f"deployment {d['id']} {d['state']}: bridge job {d.get('bridge_job_id')} "
-                f"{job.get('state', '-')} ({', '.join(steps) or 'no step done'})")
+                f"{job.get('state', '-')} ({', '.join(steps) or 'no step done'}){tail}")
 
     end = _follow(call, f"/deployments/{body['id']}", text)
-    if end["state"] == "succeeded" and not call.as_json:
+    if not call.as_json:
         boot = ((end.get("bridge_job") or {}).get("report") or {}).get("boot") or {}
-        click.echo(f"verified boot on {device_id}: {json.dumps(boot)}")
+        if boot and (end["state"] == "succeeded" or end.get("agreement")):
+            click.echo(f"verified boot on {device_id}: {json.dumps(boot)}")
+        if end.get("agreement"):
+            click.echo(_agreement_text(end["agreement"]))
     return _ended(call, end, "deployment")
 
 
@@ -825,6 +905,8 @@ def _deployment_text(d: dict) -> str:
     steps = [f"{st['name']} {st.get('status')}" for st in job.get("steps", [])]
     if steps:
         line += "\n  steps: " + ", ".join(steps)
+    if d.get("agreement"):
+        line += "\n  " + _agreement_text(d["agreement"])
     if err:
         line += f"\n  error {err.get('code')}: {err.get('message')}"
     return line
@@ -987,6 +1069,21 @@ def rollouts_cancel(call: Call, rollout_id: int) -> None:
     """Cancel a rollout: nothing new starts; deployments under way are cancelled."""
     body = call.client.json("POST", f"/rollouts/{rollout_id}/cancel")
     call.out(body, f"rollout {rollout_id}: cancel requested ({body['state']})")
+
+
+def _agreement_text(a: dict) -> str:
+    """The on-device agreement summary of a deployment."""
+    if a.get("state") in ("unavailable", "collecting"):
+        return f"on-device agreement: {a['state']}" + (f" ({a['reason']})"
+                                                       if a.get("reason") else "")
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2%}"
+
+    return (f"on-device agreement {a['state']}: {a['answered']}/{a['vectors']} vectors answered;"
+            f" exact int8 outputs {pct(a['exact_output_match_rate'])}, labels "
+            f"{pct(a['label_match_rate'])} (minimum {pct(a['min_agreement'])}); accuracy on "
+            f"the board {pct(a['device_accuracy'])}, on the host {pct(a['host_accuracy'])}")
 
 
 @cli.command(context_settings=CONTEXT)

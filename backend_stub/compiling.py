@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import update
 
+from backend_stub import agreement, metrics
 from backend_stub.datasets import load_images
 from backend_stub.preprocess import preprocess_many
 from backend_stub.storage import FAILED, RUNNING, SUCCEEDED, Compilation, Store, Training, utcnow
@@ -92,6 +93,8 @@ def load_job(store: Store, compilation_id: int) -> dict[str, Any]:
     job["x_val"] = preprocess_many([b for b, _ in val_kept], *size)
     job["y_val"] = np.array([c for _, c in val_kept], dtype=np.int64)
     job["missing"] = (len(train) - len(train_kept)) + (len(val) - len(val_kept))
+    job["val_pairs"] = [(i, cls) for i, cls in val if i in blobs]
+    job["val_blobs"] = {i: blobs[i] for i, _ in job["val_pairs"]}
     return job
 
 
@@ -136,6 +139,15 @@ def run_compilation(store: Store, compilation_id: int, fault: Callable[[], None]
     }
     model_report = analyze(tflite, board=job["board"])
     fit = fit_check(model_report, get_profile(job["board"]))
+    per_label = metrics.per_label(y_val, job["labels"], float=float_pred, int8=int8_pred)
+    vin, vout = model_report.inputs[0], model_report.outputs[0]
+    vectors = None
+    if None not in (vin.scale, vin.zero_point, vout.scale, vout.zero_point):
+        # Held-out vectors evenly across labels with the host int8 outputs, for deployments.
+        vectors = agreement.host_vectors(
+            tflite, (float(vin.scale), int(vin.zero_point)),
+            (float(vout.scale), int(vout.zero_point)),
+            agreement.stratified(job["val_pairs"]), job["val_blobs"], job["train_params"])
     report = {"model": model_report.to_dict(), "fit": fit.to_dict(), "accuracy": accuracy,
               "labels": job["labels"], "seconds": round(time.monotonic() - t0, 3)}
     state, error = SUCCEEDED, None
@@ -147,6 +159,7 @@ def run_compilation(store: Store, compilation_id: int, fault: Callable[[], None]
         s.execute(update(Compilation).where(Compilation.id == compilation_id,
                                             Compilation.state == RUNNING)
                   .values(state=state, error=error, finished_at=utcnow(), artifact=tflite,
-                          sha256=hashlib.sha256(tflite).hexdigest(), report=report))
+                          sha256=hashlib.sha256(tflite).hexdigest(), report=report,
+                          per_label=per_label, vectors=vectors))
     log.info("compilation %d %s: float %.4f int8 %.4f, fits %s: %s", compilation_id, state,
              accuracy["float"], accuracy["int8"], job["board"], fit.fits)

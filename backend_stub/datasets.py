@@ -138,6 +138,7 @@ def create_from_zip(store: Store, name: str, zip_path: Path,
                  len(label_ids), archive.total_bytes)
         out = describe(s, ds)
     out["skipped"] = archive.skipped
+    out["lossy_names"] = archive.lossy_names
     return out
 
 
@@ -156,7 +157,8 @@ def add_from_zip(store: Store, dataset_id: int, zip_path: Path,
         for e in archive.entries:
             if e.label in labels and s.scalar(select(Image.id).where(
                     Image.label_id == labels[e.label], Image.filename == e.filename)):
-                clashes.append({"entry": e.zip_name, "problem": "exists already in the dataset"})
+                clashes.append({"entry": e.name or e.zip_name,
+                                "problem": "exists already in the dataset"})
         if clashes:
             raise InputError("dataset_invalid", f"{len(clashes)} file(s) exist already",
                              problems=clashes[: limits.max_listed_problems],
@@ -173,6 +175,7 @@ def add_from_zip(store: Store, dataset_id: int, zip_path: Path,
         out = describe(s, ds)
     out["added"] = n
     out["skipped"] = archive.skipped
+    out["lossy_names"] = archive.lossy_names
     return out
 
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from backend_stub import agreement
 from backend_stub.bridges import bridge_client
 from backend_stub.config import BackendConfig
 from backend_stub.datasets import conflict, load_images, not_found
-from backend_stub.preprocess import preprocess
 from backend_stub.storage import (
     CANCELLED,
     FAILED,
@@ -34,7 +34,15 @@ from backend_stub.storage import (
     utcnow,
 )
 from hal.boards import fit_check, get_profile
-from hal.errors import BugError, Cancelled, HalError, InfraError, as_hal_error, from_dict
+from hal.errors import (
+    BugError,
+    Cancelled,
+    DeviceError,
+    HalError,
+    InfraError,
+    as_hal_error,
+    from_dict,
+)
 from hal.model.report import ModelReport, TensorInfo
 
 log = logging.getLogger(__name__)
@@ -175,21 +183,30 @@ class DeploymentRunner:
                 self._cancel.pop(dep_id, None)
 
     def _payload(self, dep: Deployment, comp: Compilation, training: Training,
-                 s) -> dict[str, Any]:
+                 s) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The install options (keyword arguments of ``BridgeClient.install``): labels and
-        a few validation-split inputs, preprocessed exactly as in training."""
+        held-out inputs drawn evenly across labels, preprocessed exactly as in training; and
+        the record of what was sent (expected labels, host int8 outputs) when the compilation
+        has one (compilations made before it had none: no agreement check then)."""
         p = training.params
         wanted = int(dep.params.get("input_vectors", 0))
-        val_ids = [i for i, _cls in (training.split or {}).get("validation", [])][:wanted]
-        blobs = load_images(s, val_ids)
-        vectors = [preprocess(blobs[i], p["image_width"], p["image_height"], p["color_mode"])
-                   .reshape(-1).round(6).tolist() for i in val_ids if i in blobs]
+        record = comp.vectors
+        if record:
+            blobs = load_images(s, record["image_ids"])
+            sent = agreement.for_deployment(record, wanted, set(blobs))
+            ids = sent["image_ids"]
+        else:
+            sent = None
+            picks = agreement.stratified((training.split or {}).get("validation", []), wanted)
+            blobs = load_images(s, [i for i, _ in picks])
+            ids = [i for i, _ in picks if i in blobs]
+        vectors = [agreement.vector_values(blobs[i], p) for i in ids]
         options: dict[str, Any] = {"labels": list(training.labels or []),
                                    "input_vectors": vectors,
                                    "boot_deadline_s": dep.params.get("boot_deadline_s", 20.0)}
         if dep.params.get("arena_bytes"):
             options["arena_bytes"] = dep.params["arena_bytes"]
-        return options
+        return options, sent
 
     def _run(self, dep_id: int, cancel: threading.Event) -> None:
         with self.store.session() as s:
@@ -201,19 +218,30 @@ class DeploymentRunner:
                                  "deployment started")
             training = s.get(Training, comp.training_id)
             job_id = dep.bridge_job_id  # set: re-attached after a restart, never re-sent
-            options = None if job_id else self._payload(dep, comp, training, s)
+            if job_id:
+                options, sent = None, dep.vectors
+            else:
+                options, sent = self._payload(dep, comp, training, s)
             artifact, sha = comp.artifact, comp.sha256
             url, token, device_id = bridge.url, bridge.token, dep.device_id
+            labels, dep_params = list(training.labels or []), dict(dep.params)
         if options is not None:
-            self._set(dep_id, state=RUNNING, started_at=utcnow(),
-                      params={**dep.params,
-                              "input_vectors_sent": len(options["input_vectors"])})
+            vectors_sent = len(options["input_vectors"])
+            self._set(dep_id, state=RUNNING, started_at=utcnow(), vectors=sent,
+                      params={**dep.params, "input_vectors_sent": vectors_sent})
+        else:
+            vectors_sent = int(dep_params.get("input_vectors_sent") or 0)
         with bridge_client(url, token, self.config) as client:
             if options is not None:
+                # Lines after this one are the new install's (agreement reads only those).
+                anchor = agreement.observe_anchor(client, device_id) if sent else 0
+                if sent:  # kept, so a restarted backend resumes reading the same lines
+                    self._set(dep_id, vectors={**sent, "after_seq": anchor})
                 job = client.install(device_id, artifact, **options)
                 self._set(dep_id, bridge_job_id=str(job["id"]), bridge_job=job)
                 log.info("deployment %d: bridge job %s started", dep_id, job["id"])
             else:  # its state is asked for below, like any poll
+                anchor = int((sent or {}).get("after_seq") or 0)
                 job = {"id": job_id, "state": "(re-attaching)"}
                 log.info("deployment %d: re-attaching to bridge job %s", dep_id, job_id)
             started = time.monotonic()
@@ -253,7 +281,59 @@ class DeploymentRunner:
             # The bridge says "succeeded" but not about our model: never report that as ours.
             raise BugError("internal", "the bridge job succeeded but its report names another "
                            "model", expected_sha256=sha, reported_sha256=report.get("model_sha256"))
+        if vectors_sent:
+            self._check_agreement(dep_id, url, token, device_id, sha, sent, labels, dep_params,
+                                  anchor, cancel)
         self._finish(dep_id, SUCCEEDED, None)
+
+    def _check_agreement(self, dep_id: int, url: str, token: str | None, device_id: str,
+                         sha: str, sent: dict[str, Any] | None, labels: list[str],
+                         params: dict[str, Any], anchor: int, cancel: threading.Event) -> None:
+        """After the verified boot: the board's answers for the vectors against the host int8
+        model (backend_stub.agreement). Below ``min_agreement``: ``agreement_low``."""
+        if not sent:
+            self._set(dep_id, agreement={"state": "unavailable", "reason": (
+                "the compilation has no host int8 outputs (compiled before they were "
+                "recorded); compile again to check on-device agreement")})
+            return
+        count = len(sent["image_ids"])
+        deadline = float(params.get("agreement_timeout_s", 120.0))
+        minimum = float(params.get("min_agreement", agreement.DEFAULT_MIN_AGREEMENT))
+        started = time.monotonic()
+        self._set(dep_id, agreement={"state": "collecting", "vectors": count, "answered": 0})
+        answered = 0
+
+        def progress(k: int) -> None:
+            nonlocal answered
+            answered = k
+            self._set(dep_id, agreement={"state": "collecting", "vectors": count,
+                                         "answered": k})
+
+        try:
+            with bridge_client(url, token, self.config) as client:
+                answers, complete = agreement.collect(client, device_id, sha, count, anchor,
+                                                      deadline, cancel, progress=progress)
+        except HalError as exc:  # cancelled, or the bridge failed while we read
+            self._set(dep_id, agreement={"state": "cancelled" if isinstance(exc, Cancelled)
+                                         else "failed", "vectors": count, "answered": answered})
+            raise
+        result = agreement.evaluate(sent, answers, labels, minimum)
+        result["seconds"] = round(time.monotonic() - started, 3)
+        state = "passed" if result["passed"] else ("timeout" if not complete
+                                                   else "below_threshold")
+        self._set(dep_id, agreement={"state": state, **result})
+        log.info("deployment %d: agreement %s: exact %s, labels %s, device accuracy %s",
+                 dep_id, state, result["exact_output_match_rate"], result["label_match_rate"],
+                 result["device_accuracy"])
+        if not complete:
+            raise agreement.timeout_error(count, result["answered"], deadline)
+        if not result["passed"]:
+            raise DeviceError("agreement_low", (
+                f"the board's top label matched the host int8 model for "
+                f"{result['label_match_rate']:.2%} of {count} vectors, below the minimum of "
+                f"{minimum:.2%} (exact outputs {result['exact_output_match_rate']:.2%}); the "
+                "board runs the new model"), **{k: v for k, v in result.items()
+                                                if k != "per_vector"})
 
 
 def deployment_dict(dep: Deployment) -> dict[str, Any]:
@@ -261,7 +341,8 @@ def deployment_dict(dep: Deployment) -> dict[str, Any]:
             "device_id": dep.device_id, "state": dep.state, "params": dep.params,
             "bridge_job_id": dep.bridge_job_id, "bridge_job": dep.bridge_job,
             "created_at": dep.created_at, "started_at": dep.started_at,
-            "finished_at": dep.finished_at, "error": dep.error}
+            "finished_at": dep.finished_at, "error": dep.error,
+            "agreement": dep.agreement, "vectors": dep.vectors}
 
 
 def list_deployments(store: Store) -> list[dict[str, Any]]:

@@ -380,7 +380,8 @@ class RolloutRunner:
             with self.store.session() as s:
                 dep = Deployment(compilation_id=comp_id, bridge_id=bridge_id, device_id=device,
                                  params={k: params[k] for k in (
-                                     "input_vectors", "arena_bytes", "boot_deadline_s")
+                                     "input_vectors", "arena_bytes", "boot_deadline_s",
+                                     "min_agreement", "agreement_timeout_s")
                                      if k in params} | {"board": board, "rollout_id": ro_id})
                 s.add(dep)
                 s.flush()

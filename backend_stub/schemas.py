@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend_stub.agreement import DEFAULT_MIN_AGREEMENT
 from backend_stub.names import (
     BRIDGE_URL_PATTERN,
     DEVICE_ID_PATTERN,
@@ -60,6 +61,9 @@ class DatasetOut(_Response):
     size_bytes: int
     skipped: list[str] | None = Field(None, description="archiver junk that was ignored")
     added: int | None = Field(None, description="images added by this request")
+    lossy_names: list[dict[str, str]] | None = Field(
+        None, description="entry names without the zip UTF-8 flag that are not UTF-8 either, "
+                          "decoded as cp437 and possibly wrong: {entry, raw, problem}")
 
 
 class DatasetList(_Response):
@@ -152,6 +156,32 @@ class MetricsOut(_Response):
         None, description="float accuracy and loss on the validation split, split sizes")
 
 
+class LabelRowOut(_Response):
+    label: str
+    support: int = Field(description="validation images of this label")
+    predicted: int = Field(description="validation images predicted as this label")
+    precision: float | None = Field(description="null when the label was never predicted")
+    recall: float | None = Field(description="null when the label has no validation image")
+
+
+class LabelMetricsOut(_Response):
+    samples: int
+    accuracy: float | None
+    confusion: list[list[int]] = Field(description="rows: true label, columns: predicted")
+    labels: list[LabelRowOut]
+
+
+class PerLabelOut(_Response):
+    """Per-label metrics on the validation split (float; and int8 for a compilation)."""
+
+    training_id: int
+    compilation_id: int | None = None
+    labels: list[str]
+    float_: LabelMetricsOut = Field(alias="float")
+    int8: LabelMetricsOut | None = None
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+
 # ------------------------------------------------------------------------------ compiling
 
 
@@ -231,9 +261,20 @@ class DeploymentIn(_Request):
     compilation_id: Id
     bridge_id: Id
     device_id: str = Field(min_length=1, max_length=64, pattern=DEVICE_ID_PATTERN)
-    input_vectors: int = Field(4, ge=0, le=64, description="validation samples sent along")
+    input_vectors: int = Field(
+        4, ge=0, le=64, description="held-out images sent along, drawn evenly across labels; "
+                                    "the board's answers are checked against the host int8 "
+                                    "model after its verified boot (0: no check)")
     arena_bytes: int | None = Field(None, ge=1024)
     boot_deadline_s: float = Field(20.0, gt=0.0, le=600.0)
+    min_agreement: float = Field(
+        DEFAULT_MIN_AGREEMENT, ge=0.0, le=1.0,
+        description="label match rate with the host int8 model below which the deployment "
+                    "fails with agreement_low")
+    agreement_timeout_s: float = Field(
+        120.0, gt=0.0, le=3600.0, description="seconds after the verified boot for the board to "
+                                              "answer every vector (it runs one per inference "
+                                              "period: 1 s on a Nano 33 BLE by default)")
 
 
 class DeploymentOut(_Response):
@@ -249,6 +290,13 @@ class DeploymentOut(_Response):
     started_at: datetime | None
     finished_at: datetime | None
     error: dict[str, Any] | None
+    agreement: dict[str, Any] | None = Field(
+        None, description="on-device agreement with the host int8 model: state (collecting, "
+                          "passed, below_threshold, timeout, cancelled, failed, unavailable), "
+                          "exact output and "
+                          "label match rates, device and host accuracy, one row per vector")
+    vectors: dict[str, Any] | None = Field(
+        None, description="the vectors sent: image ids, expected classes, host int8 outputs")
 
 
 class DeploymentList(_Response):

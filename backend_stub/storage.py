@@ -139,6 +139,8 @@ class Training(_JobColumns, Base):
     metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     model_keras: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     curves_png: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # Validation split: {"labels", "float": {"confusion", "precision", "recall", ...}}.
+    per_label: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class TrainingEpoch(Base):
@@ -171,6 +173,11 @@ class Compilation(_JobColumns, Base):
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # {"model": ModelReport.to_dict(), "fit": FitResult.to_dict(), "accuracy": {...}}
     report: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # Validation split: {"labels", "float": {...}, "int8": {...}} (backend_stub.metrics).
+    per_label: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # Held-out vectors drawn evenly across labels, with expected labels and host int8 outputs
+    # (backend_stub.agreement.host_vectors).
+    vectors: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class Bridge(Base):
@@ -194,6 +201,10 @@ class Deployment(_JobColumns, Base):
     device_id: Mapped[str] = mapped_column(String(128))
     bridge_job_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     bridge_job: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # last seen job
+    # The vectors sent (image ids, expected labels, host int8 outputs) and the board's answers
+    # compared with them (backend_stub.agreement).
+    vectors: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    agreement: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class Rollout(_JobColumns, Base):

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import update
 
+from backend_stub import metrics as metrics_mod
 from backend_stub.datasets import image_index, load_images
 from backend_stub.preprocess import channels, preprocess_many, split_ids
 from backend_stub.storage import RUNNING, SUCCEEDED, Store, Training, TrainingEpoch, utcnow
@@ -150,6 +151,9 @@ def run_training(store: Store, training_id: int, fault: Callable[[], None]) -> N
                         shuffle=True, verbose=0, callbacks=[Progress()])
     val_loss, val_acc = model.evaluate(data["x_val"], data["y_val"], verbose=0,
                                        batch_size=p["batch_size"])
+    val_pred = np.argmax(model.predict(data["x_val"], batch_size=p["batch_size"], verbose=0),
+                         axis=1)
+    per_label = metrics_mod.per_label(data["y_val"], labels, float=val_pred)
 
     # The conversion model: same layers, batch dimension fixed to 1, trained weights copied.
     fixed = build_model(len(labels), *shape, conv_filters=p["conv_filters"],
@@ -172,6 +176,6 @@ def run_training(store: Store, training_id: int, fault: Callable[[], None]) -> N
     with store.session() as s:
         s.execute(update(Training).where(Training.id == training_id, Training.state == RUNNING)
                   .values(state=SUCCEEDED, finished_at=utcnow(), model_keras=model_bytes,
-                          curves_png=curves, metrics=metrics))
+                          curves_png=curves, metrics=metrics, per_label=per_label))
     log.info("training %d succeeded: val_accuracy %.4f in %.1f s", training_id, val_acc,
              metrics["seconds"])

@@ -69,6 +69,7 @@ CODES: dict[str, tuple[ErrorClass, str]] = {
     "permission_denied": (ErrorClass.DEVICE, "no permission to open the device's port"),
     "device_not_found": (ErrorClass.DEVICE, "the device is not attached"),
     "device_error": (ErrorClass.DEVICE, "the device reported an error line"),
+    "agreement_low": (ErrorClass.DEVICE, "the device's outputs disagree with the host model"),
     "model_load_failed": (ErrorClass.DEVICE, "the target's interpreter rejected the model"),
     "runner_crashed": (ErrorClass.DEVICE, "the runner exited after starting"),
     "runtime_missing": (ErrorClass.DEVICE, "no TFLite interpreter is importable on the target"),

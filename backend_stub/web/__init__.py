@@ -37,6 +37,7 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
     "name": {"type": "string", "pattern": NAME_PATTERN},
     "filename": {"type": "string", "pattern": NAME_PATTERN},
     "device_id": {"type": "string", "pattern": DEVICE_ID_PATTERN},
+    "model": {"type": "string", "enum": ["int8", "float"]},
 }
 
 
@@ -69,6 +70,8 @@ def check_param(name: str, raw: str, where: str) -> None:
                 problem = f"is outside {spec['minimum']}..{spec['maximum']}"
     elif "pattern" in spec and not re.fullmatch(spec["pattern"], raw):
         problem = f"does not match {spec['pattern']}"
+    elif "enum" in spec and raw not in spec["enum"]:
+        problem = f"is not one of {', '.join(spec['enum'])}"
     if problem:
         raise InputError("bad_option", f"{where} parameter {name}={raw[:80]!r} {problem}",
                          parameter=name)
@@ -353,6 +356,7 @@ def _load_views() -> None:
         datasets,
         jobs,
         meta,
+        metrics,
         rollouts,
     )
 

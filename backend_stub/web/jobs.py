@@ -10,6 +10,7 @@ from flask import Response
 from sqlalchemy import delete, func, select
 
 from backend_stub import schemas
+from backend_stub.architecture import training_problems
 from backend_stub.datasets import conflict, get_dataset, get_or_404, image_index, not_found
 from backend_stub.storage import (
     FINAL_STATES,
@@ -94,6 +95,10 @@ def create_training():
             raise InputError("dataset_invalid", "the dataset cannot be trained on: "
                              + "; ".join(problems), counts=counts,
                              problems=[{"entry": "(dataset)", "problem": p} for p in problems])
+        bad = training_problems(body.model_dump(), len(counts), sum(counts.values()))
+        if bad:  # a model that cannot build is refused here, not by a worker's ValueError
+            raise InputError("bad_option", "; ".join(f"{e['field']}: {e['problem']}"
+                                                     for e in bad), errors=bad)
         if body.compile_board is not None:
             get_profile(body.compile_board)  # unknown_board before anything is queued
         t = Training(dataset_id=ds.id, params=body.model_dump())

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from backend_stub.agreement import DEFAULT_MIN_AGREEMENT
 from backend_stub.datasets import get_or_404
 from backend_stub.names import DEVICE_ID_PATTERN
 from backend_stub.rollout import rollout_dict
@@ -44,6 +45,12 @@ class RolloutIn(_Strict):
     input_vectors: int = Field(4, ge=0, le=64, description="validation samples sent along")
     arena_bytes: int | None = Field(None, ge=1024, le=1 << 30)
     boot_deadline_s: float = Field(20.0, gt=0.0, le=600.0)
+    min_agreement: float = Field(
+        DEFAULT_MIN_AGREEMENT, ge=0.0, le=1.0,
+        description="each device's label match rate with the host int8 model below which its "
+                    "deployment fails (agreement_low) and the rollout halts")
+    agreement_timeout_s: float = Field(120.0, gt=0.0, le=3600.0,
+                                       description="seconds for each board to answer")
 
 
 class TargetOut(_Strict):
@@ -90,7 +97,9 @@ def create_rollout():
         body.compilation_id, [(t.bridge_id, t.device_id) for t in body.targets],
         canary=body.canary, wave_size=body.wave_size, max_parallel=body.max_parallel,
         deploy_params={"input_vectors": body.input_vectors, "arena_bytes": body.arena_bytes,
-                       "boot_deadline_s": body.boot_deadline_s})
+                       "boot_deadline_s": body.boot_deadline_s,
+                       "min_agreement": body.min_agreement,
+                       "agreement_timeout_s": body.agreement_timeout_s})
     with b.store.session() as s:
         return answer(RolloutOut, rollout_dict(s, s.get(Rollout, ro_id)), 202)
 

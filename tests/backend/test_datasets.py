@@ -349,3 +349,96 @@ def test_every_attack_in_one_archive_on_both_backends(client, app):
     assert set(_problems(r)) == set(attacks)
     assert r.get_json()["detail"]["total_problems"] == len(attacks)
     _nothing_stored(app)
+
+
+# ------------------------------------------------------------------------------ name encodings
+
+
+def _zip_with_raw_names(names: dict[bytes, bytes], utf8_flag: bool = False) -> bytes:
+    """A zip whose entry names are exactly the given bytes. Python's zipfile always flags
+    non-ASCII names as UTF-8, so the entries are written under ASCII placeholders of the same
+    length, then the placeholders are replaced in the local and central headers."""
+    placeholders = {raw: f"L{i:0{len(raw) - 1}d}".encode() for i, raw in enumerate(names)}
+    assert all(len(p) == len(r) for r, p in placeholders.items())
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for raw, data in names.items():
+            for k, suffix in enumerate((b"/000.png", b"/001.png", b"/002.png")):
+                zf.writestr((placeholders[raw] + suffix).decode(), data[k])
+    blob = buf.getvalue()
+    for raw, ph in placeholders.items():
+        assert blob.count(ph + b"/") == 6  # three local headers, three central entries
+        blob = blob.replace(ph + b"/", raw + b"/")
+    if utf8_flag:  # set bit 11 in every local (offset 6) and central (offset 8) header
+        out = bytearray(blob)
+        for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+            pos = out.find(sig)
+            while pos >= 0:
+                flags = struct.unpack_from("<H", out, pos + off)[0]
+                struct.pack_into("<H", out, pos + off, flags | 0x800)
+                pos = out.find(sig, pos + 4)
+        blob = bytes(out)
+    return blob
+
+
+def _images(seed: int) -> list[bytes]:
+    return [png_bytes(seed=seed + i) for i in range(3)]
+
+
+def _labels_of(client, body) -> list[str]:
+    return sorted(client.get(f"/datasets/{body['id']}").get_json()["labels"])
+
+
+@pytest.mark.parametrize("flag", [True, False], ids=["utf8-flag", "no-flag"])
+def test_utf8_names_are_kept_with_or_without_the_flag(sqlite_client, flag):
+    blob = _zip_with_raw_names({"café".encode(): _images(0), b"plain": _images(10)},
+                               utf8_flag=flag)
+    r = sqlite_client.post("/datasets?name=enc", data=blob, content_type="application/zip")
+    assert r.status_code == 201, r.get_json()
+    body = r.get_json()
+    assert _labels_of(sqlite_client, body) == ["café", "plain"]
+    assert body["lossy_names"] == []
+
+
+def test_latin1_name_without_flag_is_reported_as_lossy(sqlite_client):
+    # The reproduction: Latin-1 "café" without the UTF-8 flag became "cafΘ" silently.
+    blob = _zip_with_raw_names({"café".encode("latin-1"): _images(0), b"plain": _images(10)})
+    r = sqlite_client.post("/datasets?name=latin", data=blob, content_type="application/zip")
+    assert r.status_code == 201, r.get_json()
+    body = r.get_json()
+    assert _labels_of(sqlite_client, body) == ["cafΘ", "plain"]  # cp437, the zip default
+    lossy = {w["entry"]: w for w in body["lossy_names"]}
+    assert set(lossy) == {"cafΘ/000.png", "cafΘ/001.png", "cafΘ/002.png"}
+    assert lossy["cafΘ/000.png"]["raw"] == "caf\\xe9/000.png"
+    assert "cp437" in lossy["cafΘ/000.png"]["problem"]
+
+
+def test_lossy_names_are_printed_by_the_cli(sqlite_client):
+    from backend_stub.cli import _dataset_text
+
+    blob = _zip_with_raw_names({"café".encode("latin-1"): _images(0), b"plain": _images(10)})
+    body = sqlite_client.post("/datasets?name=l", data=blob,
+                              content_type="application/zip").get_json()
+    text = _dataset_text(body)
+    assert "warning: 'cafΘ/000.png' (raw bytes caf\\xe9/000.png)" in text
+
+
+def test_names_recovered_as_utf8_are_still_checked(sqlite_client, sqlite_app):
+    # No flag; the bytes are UTF-8 for a C1 control character (U+0085): refused as a label.
+    blob = _zip_with_raw_names({b"bad\xc2\x85": _images(0), b"plain": _images(10)})
+    r = sqlite_client.post("/datasets?name=ctl", data=blob, content_type="application/zip")
+    assert r.status_code == 422
+    problems = _problems(r)
+    assert any("control characters" in p for p in problems.values()), problems
+    _nothing_stored(sqlite_app)
+
+
+def test_overlong_utf8_dots_are_not_a_traversal(sqlite_client):
+    # b"\xc0\xae" is an overlong (invalid) UTF-8 form of ".": never decoded as "..".
+    blob = _zip_with_raw_names({b"\xc0\xae\xc0\xae": _images(0), b"plain": _images(10)})
+    r = sqlite_client.post("/datasets?name=dots", data=blob, content_type="application/zip")
+    assert r.status_code == 201, r.get_json()
+    body = r.get_json()
+    assert ".." not in body["labels"] and "└«└«" in body["labels"]
+    assert {w["raw"] for w in body["lossy_names"]} == {f"\\xc0\\xae\\xc0\\xae/00{i}.png"
+                                                       for i in range(3)}

@@ -86,6 +86,29 @@ def test_train_then_compile_int8(client, app):
     probs = (scores - out["quantization"][1]) * out["quantization"][0]
     assert abs(float(probs.sum()) - 1.0) < 0.05  # softmax is the last op
 
+    # Per-label metrics are stored with the training (float) and compilation (float, int8),
+    # and agree with the overall figures.
+    tpl = client.get(f"/trainings/{tid}/per-label").get_json()
+    assert tpl["labels"] == ["blank", "square", "stripes"]
+    assert tpl["float"]["samples"] == metrics["final"]["validation_samples"]
+    assert abs(tpl["float"]["accuracy"] - metrics["final"]["val_accuracy"]) < 1e-4
+    cpl = client.get(f"/compilations/{comp['id']}/per-label").get_json()
+    assert abs(cpl["int8"]["accuracy"] - acc["int8"]) < 1e-6
+    assert abs(cpl["float"]["accuracy"] - acc["float"]) < 1e-6
+    assert sum(map(sum, cpl["int8"]["confusion"])) == acc["validation_samples"]
+    assert client.get(f"/compilations/{comp['id']}/confusion.png").mimetype == "image/png"
+
+    # Held-out vectors drawn evenly across labels, with the host int8 outputs.
+    store = app.extensions["tinyml_backend"].store
+    from backend_stub.storage import Compilation
+
+    with store.session() as s:
+        vec = s.get(Compilation, comp["id"]).vectors
+    n = acc["validation_samples"]
+    assert len(vec["image_ids"]) == min(n, 64)
+    assert vec["expected"][:3] == [0, 1, 2]
+    assert all(len(o) == 3 for o in vec["host_int8"])
+
 
 def test_artifact_that_cannot_fit_is_rejected_before_deploy(sqlite_client):
     c = sqlite_client
@@ -145,3 +168,25 @@ def test_train_and_compile_in_one_worker(sqlite_client):
     assert comp["state"] == "succeeded", comp
     assert comp["report"]["model"]["int8"] is True and comp["report"]["fit"]["fits"] is True
     assert c.get(f"{link}/model.tflite").status_code == 200
+
+
+@pytest.mark.parametrize(("size", "filters", "chans", "classes"), [
+    ((8, 8), [8, 8, 8], 1, 10), ((8, 8), [8, 8, 8, 8], 1, 10), ((48, 32), [8, 16], 3, 3),
+    ((9, 17), [4, 4, 4], 1, 2),
+])
+def test_early_validation_agrees_with_keras(size, filters, chans, classes):
+    """The web process's shape arithmetic (no TensorFlow) says exactly what Keras does:
+    refused combinations raise when built, accepted ones build with that many parameters."""
+    from backend_stub.architecture import shapes, training_problems
+    from backend_stub.training import build_model
+
+    width, height = size
+    params = {"image_width": width, "image_height": height,
+              "color_mode": "grayscale" if chans == 1 else "rgb", "conv_filters": filters}
+    problems = training_problems(params, classes, 10)
+    if problems:
+        with pytest.raises(ValueError):
+            build_model(classes, height, width, chans, filters)
+    else:
+        model = build_model(classes, height, width, chans, filters)
+        assert model.count_params() == shapes(height, width, chans, filters, classes).parameters

@@ -1,7 +1,7 @@
 """rollouts: one artifact to many devices across bridges (additive: two new tables)
 
 Revision ID: 0003
-Revises: 0001 (re-point to 0002 when the metrics/agreement migration is merged)
+Revises: 0002
 Create Date: 2026-11-29 08:45:00
 
 """
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision: str = '0003'
-down_revision: Union[str, Sequence[str], None] = '0001'
+down_revision: Union[str, Sequence[str], None] = '0002'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
