@@ -360,3 +360,43 @@ def test_restart_during_the_install_request_adopts_the_bridge_job(make_app, tmp_
     assert d2["state"] == "failed" and d2["error"]["code"] == "interrupted", d2
     assert "no job for this device and artifact" in d2["error"]["message"]
     assert [j["id"] for j in _bridge_jobs(a, "ra-1")].count(job["id"]) == 1
+
+
+def test_reattached_deployment_still_checks_on_device_agreement(make_app, tmp_path):
+    """A deployment with vectors, left by a stopping backend during the install, is followed
+    by the next one to its verified boot AND its on-device agreement check: the vectors sent
+    and the observe anchor are read back from the row, nothing is sent twice."""
+    from tests.backend.test_agreement import _compiled_with_vectors
+
+    bridge = RealBridge(tmp_path / "bridge", {"slow-1": {"upload_kbps": 150}})
+    try:
+        db = f"sqlite:///{tmp_path / 'agree.sqlite3'}"
+        first = make_app(db)
+        c = first.test_client()
+        c.environ_base["HTTP_AUTHORIZATION"] = "Bearer test-token-0123456789"
+        comp = _compiled_with_vectors(c, first)
+        bid = _add_bridge(c, bridge.url)
+        dep = c.post("/deployments", json={"compilation_id": comp, "bridge_id": bid,
+                                           "device_id": "slow-1", "input_vectors": 6}).get_json()
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not c.get(
+                f"/deployments/{dep['id']}").get_json()["bridge_job_id"]:
+            time.sleep(0.05)
+        first.extensions["tinyml_backend"].close()  # the backend stops mid-install
+        jobs = _bridge_jobs(bridge, "slow-1")
+        assert [j["state"] for j in jobs] in (["queued"], ["running"]), jobs
+
+        second = make_app(db)  # the restart: re-attaches
+        c2 = second.test_client()
+        c2.environ_base["HTTP_AUTHORIZATION"] = "Bearer test-token-0123456789"
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            d = c2.get(f"/deployments/{dep['id']}?wait=5").get_json()
+            if d["state"] != "running":
+                break
+        assert d["state"] == "succeeded", d
+        assert d["agreement"]["state"] == "passed" and d["agreement"]["answered"] == 6, d
+        assert d["agreement"]["exact_output_match_rate"] == 1.0
+        assert len(_bridge_jobs(bridge, "slow-1")) == 1
+    finally:
+        bridge.stop()
