@@ -12,7 +12,6 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 import bridge
-from bridge.app import json_response, runtime, validation_error
 from bridge.config import valid_device_id
 from bridge.jobs import InstallOptions as JobOptions
 from bridge.models import (
@@ -28,6 +27,7 @@ from bridge.models import (
 )
 from bridge.openapi import build_document
 from bridge.streams import sse_events
+from bridge.web import json_response, runtime, validation_error
 from hal.errors import InputError, make_error
 
 api = Blueprint("api", __name__)

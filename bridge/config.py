@@ -73,6 +73,18 @@ class ServerConfig(_Strict):
     threads: int = Field(8, ge=2, le=256)
     max_streams: int = Field(32, ge=1, le=4096)
     shutdown_grace_s: float = Field(10.0, ge=0, le=600)
+    # Browser safety (see bridge/guard.py): extra names the Host header may carry, and
+    # browser origins allowed to call the API.
+    allowed_hosts: list[str] = Field(default_factory=list, max_length=256)
+    allowed_origins: list[str] = Field(default_factory=list, max_length=256)
+    # Connection limits (see bridge/connections.py).
+    max_connections: int = Field(256, ge=8, le=65536)
+    max_connections_per_client: int = Field(64, ge=2, le=65536)
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    idle_timeout_s: float = Field(60.0, gt=0, le=3600)
+    # Concurrent long-polls (?wait=, legacy POST /install/); each holds a thread while it
+    # waits. A long-poll beyond the limit gets 503.
+    max_waits: int = Field(16, ge=1, le=4096)
 
     @field_validator("host")
     @classmethod
@@ -83,6 +95,31 @@ class ServerConfig(_Strict):
         if not value or not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", value):
             raise ValueError("must be an IP address or a host name")
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            item = item.strip().lower()
+            if item.startswith("[") and item.endswith("]"):
+                item = item[1:-1]
+            if item != "*" and not re.fullmatch(r"[a-z0-9.:_-]{1,253}", item):
+                raise ValueError(f"{item[:60]!r} is not a host name or address (or \"*\")")
+            out.append(item)
+        return out
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            item = item.strip().rstrip("/")
+            if not re.fullmatch(r"https?://[A-Za-z0-9.\[\]:_-]{1,260}", item):
+                raise ValueError(f"{item[:60]!r} is not an origin like "
+                                 "\"https://dashboard.example:8443\"")
+            out.append(item.lower())
+        return out
 
     @field_validator("token")
     @classmethod

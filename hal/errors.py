@@ -55,6 +55,9 @@ CODES: dict[str, tuple[ErrorClass, str]] = {
     "payload_too_large": (ErrorClass.INPUT, "the request body exceeds the limit"),
     "not_found": (ErrorClass.INPUT, "no such resource"),
     "dataset_invalid": (ErrorClass.INPUT, "the dataset archive failed validation"),
+    "forbidden_origin": (ErrorClass.INPUT,
+                         "the Host or browser Origin of the request is not allowed"),
+    "unsupported_media_type": (ErrorClass.INPUT, "the request body's content type is refused"),
     # fit
     "fit_flash": (ErrorClass.FIT, "the program does not fit the target's flash"),
     "fit_ram": (ErrorClass.FIT, "static RAM plus arena exceed the target's RAM"),
@@ -86,6 +89,9 @@ CODES: dict[str, tuple[ErrorClass, str]] = {
     "transport_broken": (ErrorClass.INFRA, "the connection to the target broke"),
     "unavailable": (ErrorClass.INFRA, "the service or device is temporarily unavailable"),
     "interrupted": (ErrorClass.INFRA, "the job was cut off by a restart or crash"),
+    "disk_full": (ErrorClass.INFRA, "no space left on a disk the host writes (ENOSPC)"),
+    "read_only": (ErrorClass.INFRA, "a file or directory the host writes is read-only"),
+    "state_corrupt": (ErrorClass.INFRA, "a state file is corrupt or not what it should be"),
     # bug
     "internal": (ErrorClass.BUG, "an unexpected internal error"),
 }
