@@ -30,7 +30,7 @@ import hmac
 import ipaddress
 from urllib.parse import urlsplit
 
-from flask import request
+from flask import g, request
 
 from bridge.config import BridgeConfig, is_loopback_host
 from bridge.web import too_large
@@ -116,6 +116,17 @@ class RequestGuard:
         parts = urlsplit(origin)
         return parts.scheme in ("http", "https") and parts.netloc == host_header.strip().lower()
 
+    def authorized(self) -> bool:
+        """No token configured, or the request carries it."""
+        if not self.token:
+            return True
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        given = value.strip().encode("utf-8", "replace")
+        # compare_digest: the time taken does not reveal how much of the token matched.
+        ok = hmac.compare_digest(given, self.token.encode())
+        return scheme.lower() == "bearer" and ok
+
     def check(self) -> None:
         """Raise the classified refusal, or return to let the endpoint run."""
         host_header = request.headers.get("Host", "")
@@ -132,15 +143,10 @@ class RequestGuard:
         if site in ("cross-site", "same-site") and origin is None:
             raise InputError("forbidden_origin", f"cross-site browser request refused "
                              f"(Sec-Fetch-Site: {site[:20]})")
-        if request.path not in PUBLIC_PATHS and self.token:
-            header = request.headers.get("Authorization", "")
-            scheme, _, value = header.partition(" ")
-            given = value.strip().encode("utf-8", "replace")
-            # compare_digest: the time taken does not reveal how much of the token matched.
-            ok = hmac.compare_digest(given, self.token.encode())
-            if scheme.lower() != "bearer" or not ok:
-                raise InputError("unauthorized", "missing or wrong bearer token "
-                                 "(send 'Authorization: Bearer <token>')")
+        g.authorized = self.authorized()
+        if request.path not in PUBLIC_PATHS and not g.authorized:
+            raise InputError("unauthorized", "missing or wrong bearer token "
+                             "(send 'Authorization: Bearer <token>')")
         if request.method in STATE_CHANGING and request.mimetype in REFUSED_SIMPLE_TYPES:
             raise InputError("unsupported_media_type", f"{request.mimetype} bodies are not "
                              "accepted on state-changing endpoints (browsers send them "

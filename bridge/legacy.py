@@ -57,9 +57,11 @@ def install() -> Response:
     body: LegacyInstall = _json_body(LegacyInstall)
     slot = _device(body.device.serial)
     model = parse_c_array(body.model, max_bytes=rt.config.legacy.max_model_bytes)
-    job = rt.jobs.submit(slot.id, model, InstallOptions())
-    # The old API is synchronous: wait for the verified boot (or the failure).
-    result = rt.jobs.wait(job.id, rt.config.jobs.timeout_s + 30, rt.stopping)
+    # The old API is synchronous: wait for the verified boot (or the failure), as a
+    # long-poll counted against [server] max_waits.
+    with rt.long_poll():
+        job = rt.jobs.submit(slot.id, model, InstallOptions())
+        result = rt.jobs.wait(job.id, rt.config.jobs.timeout_s + 30, rt.stopping)
     if result["state"] == "succeeded":
         return Response("Success", status=201, mimetype="text/plain")
     if result["error"] is not None:

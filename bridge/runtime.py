@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from bridge.config import BridgeConfig
@@ -13,6 +15,7 @@ from bridge.registry import DeviceRegistry
 from bridge.state import StateStore
 from bridge.streams import StreamLimiter, utc_now
 from hal.driver import get_driver_class
+from hal.errors import make_error
 
 
 class Runtime:
@@ -23,6 +26,7 @@ class Runtime:
         self.started = time.monotonic()
         self.stopping = threading.Event()
         self.streams = StreamLimiter(config.server.max_streams)
+        self.waits = StreamLimiter(config.server.max_waits)
         store = registry.store if registry is not None else None
         self.store = store or StateStore(config.state_dir, history=config.jobs.history)
         self.jobs_recovered = self._recover()
@@ -40,6 +44,19 @@ class Runtime:
 
     def _recover(self) -> list[str]:
         return self.store.mark_interrupted(utc_now())
+
+    @contextlib.contextmanager
+    def long_poll(self) -> Iterator[None]:
+        """Hold one of ``[server] max_waits`` long-poll slots; 503 ``unavailable`` when all
+        are taken (a waiting request holds a worker thread)."""
+        if not self.waits.acquire():
+            raise make_error("unavailable", f"too many requests waiting for jobs "
+                             f"({self.waits.limit}); retry later or poll without ?wait",
+                             limit=self.waits.limit, retry_after_s=2)
+        try:
+            yield
+        finally:
+            self.waits.release()
 
     def driver_tools(self, ttl_s: float = 30.0) -> dict[str, dict[str, Any]]:
         """``check_tools`` of each driver in use, cached for ``ttl_s`` (it may run tools)."""
