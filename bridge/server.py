@@ -142,12 +142,6 @@ def run(config: BridgeConfig, *, insecure: bool = False, out: TextIO | None = No
         raise
 
     addresses = _listen_addresses(server)
-    for host, port in addresses:
-        log.info("listening on %s (devices=%d, threads=%d, max_streams=%d, auth=%s)",
-                 _url(host, port), len(rt.registry.slots()), srv_cfg.threads,
-                 srv_cfg.max_streams, "token" if srv_cfg.token else "none")
-        print(f"{LISTENING_PREFIX}{_url(host, port)}", file=out, flush=True)
-
     stopping = {"signal": None}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -165,6 +159,13 @@ def run(config: BridgeConfig, *, insecure: bool = False, out: TextIO | None = No
         with contextlib.suppress(_Stop):
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, on_signal)
+            # Announced only now: a SIGTERM right after the line is a clean stop.
+            for host, port in addresses:
+                log.info("listening on %s (devices=%d, threads=%d, max_streams=%d, "
+                         "max_waits=%d, auth=%s)", _url(host, port), len(rt.registry.slots()),
+                         srv_cfg.threads, srv_cfg.max_streams, srv_cfg.max_waits,
+                         "token" if srv_cfg.token else "none")
+                print(f"{LISTENING_PREFIX}{_url(host, port)}", file=out, flush=True)
             sd_notify(f"READY=1\nSTATUS=listening on {_url(*addresses[0])}\n"
                       f"MAINPID={os.getpid()}")
             server.run()  # returns after _Stop, having shut its worker threads down
