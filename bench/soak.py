@@ -285,8 +285,8 @@ class Load:
 
     def threads(self) -> list[threading.Thread]:
         b, k = self.bridge, self.backend
-        bridge_id = k.session.post(k.url + "/bridges", json={"name": "soak", "url": b.url, "token": TOKEN},
-                                   timeout=30).json()["id"]
+        bridge_id = k.session.post(k.url + "/bridges", timeout=30, json={
+            "name": "soak", "url": b.url, "token": TOKEN}).json()["id"]
         jobs = [
             (self.health, b), (self.health, k),
             (self.reads, b, ["/devices", "/jobs?limit=20", "/devices/vnano/observe?lines=50",
@@ -309,7 +309,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def run(duration: float, quiet: bool) -> dict:
