@@ -245,3 +245,21 @@ def test_disk_full_during_compile_is_infrastructure(tmp_path, tmpfs):
     finally:
         assert bridge.stop() == 0
     assert "Traceback" not in bridge.log()
+
+
+def test_read_only_build_cache_is_infrastructure(tmp_path, tmpfs):
+    cache = tmpfs("build-cache", "4m")
+    remount(cache, "ro")
+    devices = '[[devices]]\nname = "vnano"\ndriver = "virtual-nano33ble"\n'
+    text = config_text(tmp_path / "state", devices, extra=f'[arduino]\nbuild_cache = "{cache}"')
+    bridge = BridgeProcess(tmp_path, text, fake=False).start()
+    try:
+        resp = bridge.post("/devices/vnano/install?wait=120", files=files(TFLM_MODEL.read_bytes()))
+        job = resp.json()
+        assert job["state"] == "failed", job
+        assert job["error"]["code"] == "read_only" and job["error"]["class"] == "infrastructure"
+        assert job["error"]["detail"]["fix"]
+        assert bridge.get("/devices/vnano").json()["job_id"] is None
+    finally:
+        assert bridge.stop() == 0
+    assert "Traceback" not in bridge.log()
