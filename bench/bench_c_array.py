@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.c_array import parse_c_array  # noqa: E402
-from hal.errors import HalError  # noqa: E402
+from bridge.c_array import parse_c_array
+from hal.errors import HalError
 
 MIB = 1024 * 1024
 
