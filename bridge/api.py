@@ -9,10 +9,9 @@ import json
 import math
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, g, request
 
 import bridge
-from bridge.app import json_response, runtime, validation_error
 from bridge.config import valid_device_id
 from bridge.jobs import InstallOptions as JobOptions
 from bridge.models import (
@@ -28,11 +27,15 @@ from bridge.models import (
 )
 from bridge.openapi import build_document
 from bridge.streams import sse_events
+from bridge.web import json_response, runtime, validation_error
 from hal.errors import InputError, make_error
 
 api = Blueprint("api", __name__)
 
 _JOB_ID_CHARS = set("0123456789abcdef")
+# The published bounds of ?wait= and ?lines= (bridge.openapi); larger configured limits cap.
+MAX_WAIT_PARAM = 86400
+MAX_LINES_PARAM = 1_000_000
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -47,9 +50,10 @@ def device_id_arg(device_id: str) -> str:
 
 
 def job_id_arg(job_id: str) -> str:
+    """A job id from the path; one that cannot be a job id names no job (404)."""
     if len(job_id) != 16 or not set(job_id) <= _JOB_ID_CHARS:
-        raise InputError("bad_request", "malformed job id (16 lower-case hex digits)",
-                         pattern=JOB_ID_PATTERN)
+        raise InputError("unknown_job", f"no job {job_id[:64]!r} (a job id is 16 lower-case "
+                         "hex digits)", job=job_id[:64], pattern=JOB_ID_PATTERN)
     return job_id
 
 
@@ -77,10 +81,12 @@ def wait_arg() -> float:
         value = float(raw.strip())
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0 or value > limit:
+    if not math.isfinite(value) or value < 0 or value > MAX_WAIT_PARAM:
         raise InputError("bad_option", f"query parameter wait must be a number of seconds "
-                         f"between 0 and {limit:g}", parameter="wait", high=limit)
-    return value
+                         f"between 0 and {MAX_WAIT_PARAM}", parameter="wait",
+                         high=MAX_WAIT_PARAM)
+    # Longer than [jobs] max_wait_s is allowed and capped, as documented.
+    return min(value, limit)
 
 
 def _parse_json_body() -> Any:
@@ -117,6 +123,16 @@ def read_install_request() -> tuple[bytes, JobOptions]:
     """The model and options from a multipart or JSON install request."""
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
+        unknown = sorted((set(request.files) | set(request.form)) - {"model", "options"})
+        if unknown:
+            raise InputError("bad_request", f"unknown multipart field {unknown[0][:40]!r}; "
+                             "send 'model' and optionally 'options'",
+                             fields=[f[:40] for f in unknown[:10]])
+        for field in ("model", "options"):
+            count = len(request.files.getlist(field)) + len(request.form.getlist(field))
+            if count > 1:
+                raise InputError("bad_request", f"multipart field {field!r} appears {count} "
+                                 "times; send it once", field=field, count=count)
         upload = request.files.get("model")
         if upload is None:
             raise InputError("bad_request", "multipart field 'model' (the .tflite file) is "
@@ -164,12 +180,18 @@ def health() -> Response:
     rt = runtime()
     import time
 
+    drivers = rt.driver_tools()
+    if not g.get("authorized", False):
+        # Public: whether each driver works, not where its tools live.
+        drivers = {name: {"available": bool(info.get("available"))}
+                   for name, info in drivers.items()}
     body = {
         "status": "stopping" if rt.stopping.is_set() else "ok",
         "version": bridge.__version__,
         "uptime_s": round(time.monotonic() - rt.started, 3),
-        "drivers": rt.driver_tools(),
+        "drivers": drivers,
         "streams": {"active": rt.streams.active, "limit": rt.streams.limit},
+        "waits": {"active": rt.waits.active, "limit": rt.waits.limit},
     }
     return json_response(body, model=Health)
 
@@ -196,14 +218,17 @@ def install(device_id: str) -> Response:
     rt = runtime()
     slot = rt.registry.get(device_id_arg(device_id))
     wait = wait_arg()
-    model, options = read_install_request()
-    job = rt.jobs.submit(slot.id, model, options)
-    if wait > 0:
+    if wait <= 0:
+        model, options = read_install_request()
+        return job_response(rt.jobs.submit(slot.id, model, options).to_dict(), 202)
+    # Take the long-poll slot first: refused, the client retries without a job created.
+    with rt.long_poll():
+        model, options = read_install_request()
+        job = rt.jobs.submit(slot.id, model, options)
         result = rt.jobs.wait(job.id, wait, rt.stopping)
-        if result["state"] not in ("queued", "running"):
-            return job_response(result, 200)
-        return job_response(result, 202)
-    return job_response(job.to_dict(), 202)
+    if result["state"] not in ("queued", "running"):
+        return job_response(result, 200)
+    return job_response(result, 202)
 
 
 @api.get("/jobs")
@@ -221,8 +246,13 @@ def job(job_id: str) -> Response:
     rt = runtime()
     job_id_arg(job_id)
     wait = wait_arg()
-    result = rt.jobs.wait(job_id, wait, rt.stopping) if wait > 0 else rt.jobs.get(job_id)
-    return job_response(result)
+    if wait <= 0:
+        return job_response(rt.jobs.get(job_id))
+    current = rt.jobs.get(job_id)  # 404 before a slot is taken
+    if current["state"] not in ("queued", "running"):
+        return job_response(current)
+    with rt.long_poll():
+        return job_response(rt.jobs.wait(job_id, wait, rt.stopping))
 
 
 @api.delete("/jobs/<job_id>")
@@ -234,7 +264,8 @@ def cancel_job(job_id: str) -> Response:
 def observe(device_id: str) -> Response:
     rt = runtime()
     slot = rt.registry.get(device_id_arg(device_id))
-    count = int_arg("lines", 50, 1, rt.config.observe.buffer_lines)
+    # More than the buffer holds is not an error: the answer has what there is.
+    count = min(int_arg("lines", 50, 1, MAX_LINES_PARAM), rt.config.observe.buffer_lines)
     entries = slot.stream.recent(count)
     body = {"device_id": slot.id, "lines": [e.to_dict() for e in entries],
             "last_seq": slot.stream.last_seq}

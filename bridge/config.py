@@ -37,6 +37,7 @@ DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
 # Largest config file we read: a config is a few KB; anything bigger is a mistake.
 MAX_CONFIG_BYTES = 1024 * 1024
+MAX_TOKEN_FILE_BYTES = 4096
 
 ENV_CONFIG = "TINYML_BRIDGE_CONFIG"
 ENV_HOST = "TINYML_BRIDGE_HOST"
@@ -73,6 +74,18 @@ class ServerConfig(_Strict):
     threads: int = Field(8, ge=2, le=256)
     max_streams: int = Field(32, ge=1, le=4096)
     shutdown_grace_s: float = Field(10.0, ge=0, le=600)
+    # Browser safety (see bridge/guard.py): extra names the Host header may carry, and
+    # browser origins allowed to call the API.
+    allowed_hosts: list[str] = Field(default_factory=list, max_length=256)
+    allowed_origins: list[str] = Field(default_factory=list, max_length=256)
+    # Connection limits (see bridge/connections.py).
+    max_connections: int = Field(256, ge=8, le=65536)
+    max_connections_per_client: int = Field(64, ge=2, le=65536)
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    idle_timeout_s: float = Field(60.0, gt=0, le=3600)
+    # Concurrent long-polls (?wait=, legacy POST /install/); each holds a thread while it
+    # waits. A long-poll beyond the limit gets 503.
+    max_waits: int = Field(16, ge=1, le=4096)
 
     @field_validator("host")
     @classmethod
@@ -83,6 +96,31 @@ class ServerConfig(_Strict):
         if not value or not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", value):
             raise ValueError("must be an IP address or a host name")
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            item = item.strip().lower()
+            if item.startswith("[") and item.endswith("]"):
+                item = item[1:-1]
+            if item != "*" and not re.fullmatch(r"[a-z0-9.:_-]{1,253}", item):
+                raise ValueError(f"{item[:60]!r} is not a host name or address (or \"*\")")
+            out.append(item)
+        return out
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            item = item.strip().rstrip("/")
+            if not re.fullmatch(r"https?://[A-Za-z0-9.\[\]:_-]{1,260}", item):
+                raise ValueError(f"{item[:60]!r} is not an origin like "
+                                 "\"https://dashboard.example:8443\"")
+            out.append(item.lower())
+        return out
 
     @field_validator("token")
     @classmethod
@@ -324,7 +362,11 @@ def parse_config(text: str, source: str = "<config>", *,
                             "give either token or token_file, not both")
     if server.token_file is not None:
         try:
-            raw = server.token_file.read_text(encoding="utf-8")
+            raw = read_bounded(server.token_file, MAX_TOKEN_FILE_BYTES).decode("utf-8")
+        except ValueError:
+            raise _config_error(source, lines, ("server", "token_file"),
+                                f"the token file is larger than {MAX_TOKEN_FILE_BYTES} bytes; "
+                                "it must hold only the token") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise _config_error(source, lines, ("server", "token_file"),
                                 f"cannot read the token file: {exc.__class__.__name__}") from None
@@ -402,6 +444,18 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return out
 
 
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``, reading at most ``limit`` + 1 whatever the file is (a device,
+    a FIFO, a huge file); ``ValueError`` when there is more than ``limit``. Opened
+    non-blocking, so a FIFO nobody writes to reads as empty instead of hanging."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(limit + 1) or b""
+    if len(data) > limit:
+        raise ValueError(f"{path}: more than {limit} bytes")
+    return data
+
+
 def load_config(path: str | Path | None = None, *,
                 overrides: Mapping[str, Any] | None = None) -> BridgeConfig:
     """Read the configuration. ``path`` None means ``$TINYML_BRIDGE_CONFIG`` or the default
@@ -412,10 +466,11 @@ def load_config(path: str | Path | None = None, *,
         os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG_PATH)
     source = str(chosen)
     try:
-        if chosen.stat().st_size > MAX_CONFIG_BYTES:
-            raise InputError("bad_config", f"{source}: larger than {MAX_CONFIG_BYTES} bytes",
-                             file=source)
-        text = chosen.read_text(encoding="utf-8")
+        # Read at most the limit (+1): stat() says 0 for /dev/zero and pipes.
+        text = read_bounded(chosen, MAX_CONFIG_BYTES).decode("utf-8")
+    except ValueError:
+        raise InputError("bad_config", f"{source}: larger than {MAX_CONFIG_BYTES} bytes "
+                         "(a configuration file is a few KB)", file=source) from None
     except FileNotFoundError:
         if explicit:
             raise InputError("bad_config", f"{source}: no such configuration file",

@@ -8,6 +8,7 @@ store, so a restart shows what happened (or ``interrupted`` for a job cut off mi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,7 +22,15 @@ from bridge.state import ACTIVE_STATES, StateStore
 from bridge.streams import utc_now
 from hal.deadline import Deadline
 from hal.driver import InstallRequest
-from hal.errors import Cancelled, DeviceError, HalError, InputError, as_hal_error, make_error
+from hal.errors import (
+    Cancelled,
+    DeviceError,
+    HalError,
+    InputError,
+    as_hal_error,
+    make_error,
+    storage_cause,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +135,8 @@ class JobManager:
         self.timeout_s = timeout_s
         self.max_wait_s = max_wait_s
         self._live: dict[str, Job] = {}
+        # Finished jobs whose final record could not be saved (disk full, read-only).
+        self._unsaved: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._closing = False
 
@@ -153,6 +164,7 @@ class JobManager:
             with slot.lock:
                 slot.job_id = None
             raise
+        self._save_unsaved()
         with self._lock:
             self._live[job.id] = job
         request = InstallRequest(
@@ -195,57 +207,101 @@ class JobManager:
                                   reported=result.model_sha256)
             report = _safe_json(result.to_dict())
         except BaseException as exc:  # classify everything; a job never dies silently
-            error = as_hal_error(exc)
-            if not isinstance(exc, HalError):
+            # A tool that failed because this host's disk is full or read-only is an
+            # infrastructure error, not the model's fault.
+            error = storage_cause(as_hal_error(exc))
+            if not isinstance(exc, HalError) and error.code == "internal":
                 log.exception("job=%s device=%s crashed", job.id, slot.id)
         self._finish(job, slot, report, error)
 
     def _finish(self, job: Job, slot: DeviceSlot, report: dict | None,
                 error: HalError | None) -> None:
+        """Record the outcome. Whatever happens while saving it, the job ends, its waiters
+        wake and the device is free; a verified install stays succeeded (a failed save is
+        reported beside it, never instead of it)."""
         now = utc_now()
-        with job.lock:
-            if job.state not in ACTIVE_STATES:  # already marked interrupted at shutdown
-                return
-            job.finished_at = now
-            if error is None:
-                job.state, job.report = "succeeded", report
-            else:
-                cancelled = isinstance(error, Cancelled) or job.deadline.cancelled
-                job.state = "cancelled" if cancelled else "failed"
-                if cancelled and not isinstance(error, Cancelled):
-                    error = Cancelled(f"job {job.id} cancelled", cause=error.to_dict())
-                job.error = error.to_dict()
-        self._save(job)
-        with slot.lock:
-            slot.job_id = None
-            slot.last_outcome = job.state
-            if job.state == "succeeded":
-                slot.model = {"sha256": job.model_sha256, "since": now, "job_id": job.id}
-                slot.last_error = None
-                self.store.set_verified_model(slot.id, job.model_sha256, now, job.id)
-            else:
-                slot.last_error = job.error
-        job.done.set()
-        with self._lock:
-            self._live.pop(job.id, None)
+        save_error: HalError | None = None
+        try:
+            with job.lock:
+                if job.state not in ACTIVE_STATES:  # already marked interrupted at shutdown
+                    return
+                job.finished_at = now
+                if error is None:
+                    job.state, job.report = "succeeded", report
+                else:
+                    cancelled = isinstance(error, Cancelled) or job.deadline.cancelled
+                    job.state = "cancelled" if cancelled else "failed"
+                    if cancelled and not isinstance(error, Cancelled):
+                        error = Cancelled(f"job {job.id} cancelled", cause=error.to_dict())
+                    job.error = error.to_dict()
+            save_error = self._save(job)
+            with slot.lock:
+                slot.job_id = None
+                slot.last_outcome = job.state
+                if job.state == "succeeded":
+                    slot.model = {"sha256": job.model_sha256, "since": now, "job_id": job.id}
+                    slot.last_error = None
+                    save_error = self._store_call(job, self.store.set_verified_model, slot.id,
+                                                  job.model_sha256, now, job.id) or save_error
+                else:
+                    slot.last_error = job.error
+                if save_error is not None:
+                    # The device view says what is true (the outcome above) and that it could
+                    # not be recorded.
+                    slot.last_error = {**save_error.to_dict(), "source": "state"}
+        finally:
+            with slot.lock:
+                if slot.job_id == job.id:
+                    slot.job_id = None
+            with self._lock:
+                self._live.pop(job.id, None)
+                if save_error is not None:
+                    # The stored record is stale: serve this one until it can be saved.
+                    self._unsaved[job.id] = job
+            job.done.set()
         if error is None:
             log.info("job=%s device=%s succeeded model=%s", job.id, slot.id,
                      job.model_sha256[:16])
         else:
             log.warning("job=%s device=%s %s: %s", job.id, slot.id, job.state, error)
 
-    def _save(self, job: Job) -> None:
+    def _save_unsaved(self) -> None:
+        """The state is writable again: record what could not be recorded before."""
+        with self._lock:
+            pending = list(self._unsaved.values())
+        for job in pending:
+            model = None
+            with contextlib.suppress(HalError):
+                model = self.registry.get(job.device_id).model
+            if job.state == "succeeded" and model is not None and model["job_id"] == job.id \
+                    and self._store_call(job, self.store.set_verified_model, job.device_id,
+                                         model["sha256"], model["since"], job.id) is not None:
+                continue
+            if self._save(job) is None:
+                with self._lock:
+                    self._unsaved.pop(job.id, None)
+                log.info("job=%s saved now", job.id)
+
+    def _save(self, job: Job) -> HalError | None:
+        return self._store_call(job, self.store.update_job, job.to_dict())
+
+    def _store_call(self, job: Job, fn: Any, *args: Any) -> HalError | None:
+        """Run a state write; a failure is logged with its path and fix and returned, never
+        raised into the job (the job's truth is in memory and in the API)."""
         try:
-            self.store.update_job(job.to_dict())
-        except Exception:
-            log.exception("job=%s could not be saved", job.id)
+            fn(*args)
+        except Exception as exc:
+            error = as_hal_error(exc)
+            log.error("job=%s device=%s could not be saved: %s", job.id, job.device_id, error)
+            return error
+        return None
 
     # ---------------------------------------------------------------------- query
 
     def get(self, job_id: str) -> dict[str, Any]:
         """The job (live or from history); ``unknown_job`` (404) if none."""
         with self._lock:
-            live = self._live.get(job_id)
+            live = self._live.get(job_id) or self._unsaved.get(job_id)
         if live is not None:
             return live.to_dict()
         stored = self.store.get_job(job_id)
@@ -268,7 +324,7 @@ class JobManager:
     def list(self, device_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         jobs = self.store.list_jobs(device_id, limit)
         with self._lock:
-            live = dict(self._live)
+            live = {**self._unsaved, **self._live}
         # The store is written at each step; prefer the in-memory object for running jobs.
         return [live[j["id"]].to_dict() if j["id"] in live else j for j in jobs]
 

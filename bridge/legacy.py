@@ -16,71 +16,18 @@ the JSON error body with its 4xx/5xx status.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from flask import Blueprint, Response, request
 
-from bridge.app import json_response, runtime
+from bridge.c_array import parse_c_array
 from bridge.jobs import InstallOptions
 from bridge.models import LegacyDevices, LegacyInstall, LegacyPredictionQuery
+from bridge.web import json_response, runtime
 from hal.boards import get_profile
 from hal.errors import HalError, InputError, from_dict
 
 legacy = Blueprint("legacy", __name__)
-
-_BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.S)
-_LINE_COMMENT = re.compile(r"//[^\n]*")
-_ARRAY = re.compile(
-    r"(?:unsigned\s+char|uint8_t|char|int8_t)\s+(?P<name>[A-Za-z_]\w*)\s*\[\s*\d*\s*\]"
-    r"[^={;]*=\s*\{(?P<body>[^{}]*)\}\s*;"
-)
-_LEN = re.compile(r"\bint\s+(?P<name>[A-Za-z_]\w*_len)\s*=\s*(?P<value>\d+)\s*;")
-_HEX_BYTE = re.compile(r"^0[xX][0-9a-fA-F]{1,2}$")
-_DEC_BYTE = re.compile(r"^\d{1,3}$")
-
-
-def parse_c_array(source: str, *, max_bytes: int) -> bytes:
-    """The bytes of the first ``unsigned char NAME[] = {...};`` array in C ``source``.
-
-    Elements are hex (``0x1C``) or decimal (``28``) bytes separated by commas; comments and a
-    trailing comma are allowed. Anything else -- an element that is not a byte, a missing
-    array, a ``NAME_len`` that disagrees with the element count, more than ``max_bytes``
-    bytes -- is a ``bad_request`` naming what and where."""
-    if len(source) > max_bytes * 6 + 65536:  # "0xAB, " is 6 characters per byte
-        raise InputError("payload_too_large", f"the model source exceeds the limit of "
-                         f"{max_bytes} model bytes", limit_bytes=max_bytes)
-    if "\x00" in source:
-        raise InputError("bad_request", "the model source contains NUL characters")
-    text = _LINE_COMMENT.sub("", _BLOCK_COMMENT.sub(" ", source))
-    match = _ARRAY.search(text)
-    if match is None:
-        raise InputError("bad_request", "the model is not C source with an array like "
-                         "'const unsigned char model_tflite[] = {0x1C, 0x00, ...};'")
-    elements = [e.strip() for e in match.group("body").split(",")]
-    if elements and elements[-1] == "":
-        elements.pop()  # trailing comma
-    if len(elements) > max_bytes:
-        raise InputError("payload_too_large", f"the model array has {len(elements)} bytes, "
-                         f"more than the limit of {max_bytes}", limit_bytes=max_bytes,
-                         size_bytes=len(elements))
-    out = bytearray(len(elements))
-    for index, element in enumerate(elements):
-        if _HEX_BYTE.match(element):
-            out[index] = int(element, 16)
-        elif _DEC_BYTE.match(element) and int(element) <= 255:
-            out[index] = int(element)
-        else:
-            raise InputError("bad_request", f"element {index} of array "
-                             f"{match.group('name')} is not a byte: {element[:20]!r}",
-                             index=index, element=element[:20])
-    declared = _LEN.search(text)
-    if declared is not None and int(declared.group("value")) != len(out):
-        raise InputError("bad_request", f"{declared.group('name')} = {declared.group('value')}"
-                         f" but the array has {len(out)} bytes",
-                         declared=int(declared.group("value")), actual=len(out))
-    return bytes(out)
-
 
 def _json_body(model: type) -> Any:
     raw = request.get_data(cache=False)
@@ -110,9 +57,11 @@ def install() -> Response:
     body: LegacyInstall = _json_body(LegacyInstall)
     slot = _device(body.device.serial)
     model = parse_c_array(body.model, max_bytes=rt.config.legacy.max_model_bytes)
-    job = rt.jobs.submit(slot.id, model, InstallOptions())
-    # The old API is synchronous: wait for the verified boot (or the failure).
-    result = rt.jobs.wait(job.id, rt.config.jobs.timeout_s + 30, rt.stopping)
+    # The old API is synchronous: wait for the verified boot (or the failure), as a
+    # long-poll counted against [server] max_waits.
+    with rt.long_poll():
+        job = rt.jobs.submit(slot.id, model, InstallOptions())
+        result = rt.jobs.wait(job.id, rt.config.jobs.timeout_s + 30, rt.stopping)
     if result["state"] == "succeeded":
         return Response("Success", status=201, mimetype="text/plain")
     if result["error"] is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridge.config import DEVICE_ID_PATTERN
 
@@ -17,7 +17,7 @@ JOB_ID_PATTERN = r"^[0-9a-f]{16}$"
 
 # A label ends up in a device's source code and protocol lines: printable, no control chars.
 Label = Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[^\x00-\x1f\x7f]+$")]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 
 
 class _Response(BaseModel):
@@ -41,7 +41,7 @@ class ErrorBody(_Response):
 
 
 class StreamCount(_Response):
-    """Live streams open now, and the limit (``[server] max_streams``)."""
+    """Open now, and the limit (``[server] max_streams`` or ``max_waits``)."""
 
     active: int
     limit: int
@@ -55,6 +55,7 @@ class Health(_Response):
     uptime_s: float
     drivers: dict[str, dict[str, Any]]
     streams: StreamCount
+    waits: StreamCount  # long-polls (?wait=, legacy install) open now
 
 
 
@@ -92,7 +93,9 @@ class DeviceList(_Response):
 
 
 class InstallOptions(BaseModel):
-    """Install options. ``input_vectors`` are in the model's real (dequantised) units."""
+    """Install options. ``input_vectors`` are in the model's real (dequantised) units.
+    Numbers must be JSON numbers: ``"4096"`` is not a number of bytes (``4096.0`` is, as
+    JSON Schema's ``integer`` allows)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -102,6 +105,13 @@ class InstallOptions(BaseModel):
     arena_bytes: int | None = Field(None, ge=1024, le=256 * 1024 * 1024)
     boot_deadline_s: float = Field(20.0, gt=0, le=600, allow_inf_nan=False)
     input_source: str = Field("vectors", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+
+    @field_validator("arena_bytes", "boot_deadline_s", mode="before")
+    @classmethod
+    def _json_number(cls, value: Any) -> Any:
+        if isinstance(value, (str, bool)):
+            raise ValueError("must be a JSON number, not a string or boolean")
+        return value
 
 
 class InstallJson(InstallOptions):
@@ -172,7 +182,9 @@ class LegacyInstall(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     device: LegacyDeviceRef
-    model: str
+    model: str = Field(min_length=1, description="C source of a byte array, e.g. "
+                       "'const unsigned char model_tflite[] = {0x1C, 0x00, ...};' (at most "
+                       "[legacy] max_model_bytes bytes)")
 
 
 class LegacyPredictionQuery(BaseModel):

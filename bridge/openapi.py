@@ -106,11 +106,15 @@ def _paths() -> dict[str, Any]:
                     "required": ["model"],
                     "properties": {
                         "model": {"type": "string", "contentMediaType": "application/octet-stream",
-                                  "description": "The .tflite file."},
-                        "options": {"type": "string", "contentMediaType": "application/json",
+                                  "minLength": 8, "pattern": "^[ -~]{4}TFL3",
+                                  "description": "The .tflite file (a TFLite flatbuffer: "
+                                                 "bytes 4..8 are its identifier TFL3)."},
+                        "options": {**_ref("InstallOptions"),
                                     "description": "InstallOptions as a JSON string."},
                     },
+                    "additionalProperties": False,
                 },
+                "encoding": {"options": {"contentType": "application/json"}},
             },
             "application/json": {"schema": _ref("InstallJson")},
         },
@@ -213,7 +217,16 @@ def _schemas() -> dict[str, Any]:
         [(m, "validation") for m in requests] + [(m, "serialization") for m in responses],
         ref_template=_REF,
     )
-    return dict(sorted(top["$defs"].items()))
+    schemas = dict(sorted(top["$defs"].items()))
+    # What the HTTP layer checks before it creates a job, so a schema-valid body is accepted:
+    # a .tflite carries "TFL3" at bytes 4..8, which in base64 is characters 5..11 below.
+    # (The server also takes URL-safe base64 and whitespace; the document shows the canonical
+    # form.)
+    model_b64 = schemas["InstallJson"]["properties"]["model_b64"]
+    model_b64["pattern"] = (r"^[A-Za-z0-9+/]{5}[FVl1]RGTD[MNOP](?:=|[A-Za-z0-9+/]"
+                            r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?)$")
+    model_b64["minLength"] = 12
+    return schemas
 
 
 @cache

@@ -6,10 +6,12 @@
 * On SIGTERM/SIGINT: stops accepting, cancels running jobs (waiting up to
   ``[server] shutdown_grace_s``), ends live streams, closes every device port, exits 0.
 
-Waitress serves each request on a worker thread, and a live stream holds its thread for as
-long as the client listens. The pool is therefore ``[server] threads`` for ordinary requests
-plus ``[server] max_streams`` for streams; a stream beyond that limit is refused with 503, so
-streams can never starve the rest of the API.
+Waitress serves each request on a worker thread; a live stream holds its thread for as long
+as the client listens, a long-poll (``?wait=``, legacy ``POST /install/``) until the job ends.
+The pool is therefore ``[server] threads`` for ordinary requests plus ``max_streams`` plus
+``max_waits``; a stream or long-poll beyond its limit is refused with 503, so neither can
+starve the rest of the API. Idle and slow connections are bounded by
+:mod:`bridge.connections`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Any, TextIO
 
 from bridge.app import create_app
 from bridge.config import BridgeConfig
+from bridge.connections import Limits, waitress_options
+from bridge.connections import install as install_limits
 from hal.errors import InfraError, InputError
 
 log = logging.getLogger(__name__)
@@ -77,6 +81,13 @@ def check_exposure(config: BridgeConfig, insecure: bool) -> None:
     )
 
 
+def pool_size(config: BridgeConfig) -> int:
+    """Worker threads: ordinary requests, plus one per allowed stream and long-poll, so
+    neither can starve the rest of the API (both are capped; one beyond gets 503)."""
+    server = config.server
+    return server.threads + server.max_streams + server.max_waits
+
+
 def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
@@ -100,22 +111,27 @@ def run(config: BridgeConfig, *, insecure: bool = False, out: TextIO | None = No
     app = create_app(config)
     rt = app.extensions["tinyml_bridge"]
     srv_cfg = config.server
+    limits = Limits(max_connections=srv_cfg.max_connections,
+                    max_per_client=srv_cfg.max_connections_per_client,
+                    header_timeout_s=srv_cfg.header_timeout_s,
+                    idle_timeout_s=srv_cfg.idle_timeout_s)
     try:
         server = create_server(
             app,
             host=srv_cfg.host,
             port=srv_cfg.port,
-            threads=srv_cfg.threads + srv_cfg.max_streams,
+            threads=pool_size(config),
             # Lets a streaming response notice a gone client (waitress.client_disconnected).
             channel_request_lookahead=1,
-            # waitress answers bodies far over the limit itself (plain 413); up to 4x the
-            # limit they reach Flask, which answers with the JSON error body.
+            # waitress answers bodies far over the limit itself (JSON 413, see
+            # bridge.connections); up to 4x the limit they reach Flask, which answers too.
             max_request_body_size=srv_cfg.max_request_bytes * 4,
             outbuf_high_watermark=1024 * 1024,
-            connection_limit=max(100, 4 * (srv_cfg.threads + srv_cfg.max_streams)),
             ident="tinyml-bridge",
             clear_untrusted_proxy_headers=True,
+            **waitress_options(limits),
         )
+        install_limits(server, limits)
     except OSError as exc:
         rt.close(grace_s=0)
         raise InfraError("unavailable", f"cannot listen on {srv_cfg.host}:{srv_cfg.port}: "
@@ -126,12 +142,6 @@ def run(config: BridgeConfig, *, insecure: bool = False, out: TextIO | None = No
         raise
 
     addresses = _listen_addresses(server)
-    for host, port in addresses:
-        log.info("listening on %s (devices=%d, threads=%d, max_streams=%d, auth=%s)",
-                 _url(host, port), len(rt.registry.slots()), srv_cfg.threads,
-                 srv_cfg.max_streams, "token" if srv_cfg.token else "none")
-        print(f"{LISTENING_PREFIX}{_url(host, port)}", file=out, flush=True)
-
     stopping = {"signal": None}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -149,6 +159,13 @@ def run(config: BridgeConfig, *, insecure: bool = False, out: TextIO | None = No
         with contextlib.suppress(_Stop):
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, on_signal)
+            # Announced only now: a SIGTERM right after the line is a clean stop.
+            for host, port in addresses:
+                log.info("listening on %s (devices=%d, threads=%d, max_streams=%d, "
+                         "max_waits=%d, auth=%s)", _url(host, port), len(rt.registry.slots()),
+                         srv_cfg.threads, srv_cfg.max_streams, srv_cfg.max_waits,
+                         "token" if srv_cfg.token else "none")
+                print(f"{LISTENING_PREFIX}{_url(host, port)}", file=out, flush=True)
             sd_notify(f"READY=1\nSTATUS=listening on {_url(*addresses[0])}\n"
                       f"MAINPID={os.getpid()}")
             server.run()  # returns after _Stop, having shut its worker threads down

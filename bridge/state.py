@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from hal.errors import InfraError, make_error
+from hal.errors import HalError, InfraError, make_error, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -52,49 +52,194 @@ ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
 
 
+DB_NAME = "bridge.sqlite3"
+LOCK_NAME = "bridge.lock"
+# A small file deleted when the disk fills, so the writes that record a finished job (and a
+# verified model) still fit; re-created at the next start.
+RESERVE_NAME = "disk-reserve"
+RESERVE_BYTES = 64 * 1024
+
+
+def state_error(exc: BaseException, path: Path, doing: str) -> HalError:
+    """A failed state read or write as a classified infrastructure error naming ``path`` and
+    the fix (it is never the caller's fault and never a bug of the bridge)."""
+    storage = storage_error(exc, path)
+    if storage is not None:
+        return storage
+    text = str(exc)
+    lower = text.lower()
+    if isinstance(exc, PermissionError) or "unable to open" in lower or \
+            "readonly" in lower:
+        return InfraError("read_only", f"cannot {doing} {path}: {text}: give the bridge user "
+                          f"write access to {path.parent} (and the files in it)",
+                          path=str(path), fix=f"chown/chmod {path.parent} for the bridge user")
+    if "not a database" in lower or "malformed" in lower or "corrupt" in lower:
+        return InfraError("state_corrupt", f"{path} is not a usable SQLite database ({text}): "
+                          f"stop the bridge, move it aside (mv {path} {path}.corrupt) and start "
+                          "again; job history and verified models then start empty",
+                          path=str(path), fix=f"mv {path} {path}.corrupt")
+    if "locked" in lower or "busy" in lower:
+        return InfraError("unavailable", f"{path} is locked by another process ({text}): stop "
+                          "whatever else opens it", path=str(path),
+                          fix="only the bridge may open its database")
+    return InfraError("unavailable", f"cannot {doing} {path}: {type(exc).__name__}: {text}",
+                      path=str(path), fix="check the file system the state directory is on")
+
+
 class StateStore:
-    """Thread-safe access to ``<state_dir>/bridge.sqlite3``."""
+    """Thread-safe access to ``<state_dir>/bridge.sqlite3``.
+
+    Every failure to open, read or write is a classified infrastructure error naming the file
+    and the fix (:func:`state_error`); on a full disk the small reserve file is given up once
+    so that the record of a finished job still fits. A database deleted while the bridge runs
+    is noticed at the next write, logged, and re-created with everything the open (deleted)
+    file still held."""
 
     def __init__(self, state_dir: Path, *, history: int = 1000) -> None:
         self.state_dir = Path(state_dir)
+        self.path = self.state_dir / DB_NAME
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         except OSError as exc:
-            raise InfraError("unavailable", f"cannot create the state directory "
-                             f"{self.state_dir}: {exc.strerror}", state_dir=str(self.state_dir),
-                             fix="create it and give the bridge user write access") from None
+            raise state_error(exc, self.state_dir, "create the state directory") from None
         self._lock_fd = self._take_lock()
         self.history = history
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.state_dir / "bridge.sqlite3", check_same_thread=False,
-                                   isolation_level=None, timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
+        self.last_error: HalError | None = None
+        try:
+            fresh = not self.path.exists()
+            if fresh and any(self.state_dir.glob(RESERVE_NAME)):
+                log.warning("state database %s is missing (deleted?): starting with an empty "
+                            "job history and no verified models", self.path)
+            self._db = self._open()
+            row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
+        except HalError:
+            self._release_lock()
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            self._release_lock()
+            raise state_error(exc, self.path, "open") from None
         self._seq = int(row[0])
+        self._reserve()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                             timeout=10)
+        try:
+            check = db.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed "
+                                            f"(quick_check: {check[0] if check else None})")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
+        self._inode = os.stat(self.path).st_ino
+        return db
+
+    def _reserve(self) -> None:
+        path = self.state_dir / RESERVE_NAME
+        try:
+            if not path.exists() or path.stat().st_size < RESERVE_BYTES:
+                with open(path, "wb") as handle:
+                    handle.write(b"\0" * RESERVE_BYTES)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            log.warning("could not keep the %d byte disk reserve %s: %s", RESERVE_BYTES, path,
+                        state_error(exc, path, "write"))
+
+    def _release_reserve(self) -> bool:
+        try:
+            (self.state_dir / RESERVE_NAME).unlink()
+        except OSError:
+            return False
+        log.warning("disk full under %s: released the %d byte reserve to record the job; "
+                    "free space there", self.state_dir, RESERVE_BYTES)
+        return True
 
     def _take_lock(self) -> int:
-        path = self.state_dir / "bridge.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        path = self.state_dir / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise state_error(exc, path, "open the lock file") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise InfraError("unavailable", f"another bridge is already using the state "
-                             f"directory {self.state_dir}", state_dir=str(self.state_dir),
+                             f"directory {self.state_dir} (it holds {path}): stop the other "
+                             "bridge or give this one its own state_dir",
+                             state_dir=str(self.state_dir), path=str(path),
                              fix="stop the other bridge or give this one its own state_dir") \
                 from None
         return fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def close(self) -> None:
         """Close the database and release the state directory."""
         with self._lock, contextlib.suppress(sqlite3.Error):
             self._db.close()
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        self._release_lock()
+
+    def _write(self, sql: str, params: tuple, after: Any = None) -> None:
+        """One write (with the lock held by the caller), classified on failure; a full disk
+        gives up the reserve and tries once more."""
+        self._check_replaced()
+        for attempt in (1, 2):
+            try:
+                self._db.execute(sql, params)
+                if after is not None:
+                    after()
+                self.last_error = None
+                return
+            except sqlite3.Error as exc:
+                error = state_error(exc, self.path, "write")
+            if attempt == 1 and error.code == "disk_full" and self._release_reserve():
+                continue
+            self.last_error = error
+            raise error
+
+    def _check_replaced(self) -> None:
+        """The database file was deleted (or replaced) under a running bridge: say so, and
+        carry on in a new file holding everything the old one (still open) had."""
+        try:
+            inode = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            inode = None
+        except OSError:
+            return
+        if inode == self._inode:
+            return
+        log.error("state database %s was deleted or replaced while the bridge runs; "
+                  "re-creating it from the open copy", self.path)
+        old = self._db
+        try:
+            jobs = old.execute("SELECT * FROM jobs").fetchall()
+            models = old.execute("SELECT * FROM device_models").fetchall()
+            if inode is not None:
+                self.path.rename(self.path.with_name(f"{DB_NAME}.replaced"))
+            self._db = self._open()
+            self._db.executemany(f"INSERT OR REPLACE INTO jobs VALUES ({','.join('?' * 11)})",
+                                 jobs)
+            self._db.executemany("INSERT OR REPLACE INTO device_models VALUES (?,?,?,?)",
+                                 models)
+        except (sqlite3.Error, OSError) as exc:
+            raise state_error(exc, self.path, "re-create") from None
+        finally:
+            if self._db is not old:
+                with contextlib.suppress(sqlite3.Error):
+                    old.close()
 
     # -------------------------------------------------------------------------- jobs
 
@@ -108,7 +253,7 @@ class StateStore:
                 err = make_error("interrupted", f"job {job_id} was {state} when the bridge "
                                  "stopped; its outcome is unknown", device=device_id,
                                  previous_state=state).to_dict()
-                self._db.execute(
+                self._write(
                     "UPDATE jobs SET state='interrupted', finished_at=?, error=? WHERE id=?",
                     (now, json.dumps(err), job_id),
                 )
@@ -118,51 +263,52 @@ class StateStore:
 
     def insert_job(self, job: dict[str, Any]) -> None:
         with self._lock:
-            self._seq += 1
-            self._db.execute(
+            self._write(
                 "INSERT INTO jobs (id, device_id, state, created_at, started_at, finished_at,"
                 " model_sha256, steps, report, error, seq) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (job["id"], job["device_id"], job["state"], job["created_at"],
                  job["started_at"], job["finished_at"], job["model_sha256"],
                  json.dumps(job["steps"]), _dump(job["report"]), _dump(job["error"]),
-                 self._seq),
+                 self._seq + 1),
+                after=self._prune_next,
             )
-            self._prune()
 
     def update_job(self, job: dict[str, Any]) -> None:
         with self._lock:
-            self._db.execute(
+            self._write(
                 "UPDATE jobs SET state=?, started_at=?, finished_at=?, steps=?, report=?, "
                 "error=? WHERE id=?",
                 (job["state"], job["started_at"], job["finished_at"], json.dumps(job["steps"]),
                  _dump(job["report"]), _dump(job["error"]), job["id"]),
             )
 
-    def get_job(self, job_id: str) -> dict[str, Any] | None:
+    def _read(self, sql: str, params: tuple) -> list[tuple]:
         with self._lock:
-            row = self._db.execute(f"SELECT {_COLS} FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return _row(row) if row else None
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise state_error(exc, self.path, "read") from None
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        rows = self._read(f"SELECT {_COLS} FROM jobs WHERE id=?", (job_id,))
+        return _row(rows[0]) if rows else None
 
     def list_jobs(self, device_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Newest first."""
-        with self._lock:
-            if device_id is None:
-                rows = self._db.execute(
-                    f"SELECT {_COLS} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)
-                ).fetchall()
-            else:
-                rows = self._db.execute(
-                    f"SELECT {_COLS} FROM jobs WHERE device_id=? ORDER BY seq DESC LIMIT ?",
-                    (device_id, limit),
-                ).fetchall()
+        if device_id is None:
+            rows = self._read(f"SELECT {_COLS} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,))
+        else:
+            rows = self._read(f"SELECT {_COLS} FROM jobs WHERE device_id=? ORDER BY seq DESC "
+                              "LIMIT ?", (device_id, limit))
         return [_row(r) for r in rows]
 
     def last_job(self, device_id: str) -> dict[str, Any] | None:
         jobs = self.list_jobs(device_id, 1)
         return jobs[0] if jobs else None
 
-    def _prune(self) -> None:
-        # Called with the lock held: keep the newest `history` finished jobs.
+    def _prune_next(self) -> None:
+        # Called with the lock held after an insert: count it, keep the newest `history`.
+        self._seq += 1
         self._db.execute(
             "DELETE FROM jobs WHERE seq <= ? AND state NOT IN (?, ?)",
             (self._seq - self.history, *ACTIVE_STATES),
@@ -172,7 +318,7 @@ class StateStore:
 
     def set_verified_model(self, device_id: str, sha256: str, since: str, job_id: str) -> None:
         with self._lock:
-            self._db.execute(
+            self._write(
                 "INSERT INTO device_models (device_id, model_sha256, since, job_id) "
                 "VALUES (?,?,?,?) ON CONFLICT(device_id) DO UPDATE SET "
                 "model_sha256=excluded.model_sha256, since=excluded.since, job_id=excluded.job_id",
@@ -180,11 +326,9 @@ class StateStore:
             )
 
     def verified_model(self, device_id: str) -> dict[str, str] | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT model_sha256, since, job_id FROM device_models WHERE device_id=?",
-                (device_id,),
-            ).fetchone()
+        rows = self._read("SELECT model_sha256, since, job_id FROM device_models WHERE "
+                          "device_id=?", (device_id,))
+        row = rows[0] if rows else None
         if row is None:
             return None
         return {"sha256": row[0], "since": row[1], "job_id": row[2]}

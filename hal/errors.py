@@ -17,6 +17,7 @@ humans and a JSON-serialisable ``detail`` dict. ``to_dict()`` gives the wire for
 
 from __future__ import annotations
 
+import errno
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -55,6 +56,9 @@ CODES: dict[str, tuple[ErrorClass, str]] = {
     "payload_too_large": (ErrorClass.INPUT, "the request body exceeds the limit"),
     "not_found": (ErrorClass.INPUT, "no such resource"),
     "dataset_invalid": (ErrorClass.INPUT, "the dataset archive failed validation"),
+    "forbidden_origin": (ErrorClass.INPUT,
+                         "the Host or browser Origin of the request is not allowed"),
+    "unsupported_media_type": (ErrorClass.INPUT, "the request body's content type is refused"),
     # fit
     "fit_flash": (ErrorClass.FIT, "the program does not fit the target's flash"),
     "fit_ram": (ErrorClass.FIT, "static RAM plus arena exceed the target's RAM"),
@@ -87,6 +91,9 @@ CODES: dict[str, tuple[ErrorClass, str]] = {
     "transport_broken": (ErrorClass.INFRA, "the connection to the target broke"),
     "unavailable": (ErrorClass.INFRA, "the service or device is temporarily unavailable"),
     "interrupted": (ErrorClass.INFRA, "the job was cut off by a restart or crash"),
+    "disk_full": (ErrorClass.INFRA, "no space left on a disk the host writes (ENOSPC)"),
+    "read_only": (ErrorClass.INFRA, "a file or directory the host writes is read-only"),
+    "state_corrupt": (ErrorClass.INFRA, "a state file is corrupt or not what it should be"),
     # bug
     "internal": (ErrorClass.BUG, "an unexpected internal error"),
 }
@@ -184,7 +191,55 @@ def from_dict(data: dict[str, Any]) -> HalError:
 
 
 def as_hal_error(exc: BaseException) -> HalError:
-    """Classify any exception: HalErrors pass through, anything else is a bug."""
+    """Classify any exception: HalErrors pass through, a full or read-only disk is
+    infrastructure (:func:`storage_error`), anything else is a bug."""
     if isinstance(exc, HalError):
         return exc
+    if isinstance(exc, OSError):
+        storage = storage_error(exc)
+        if storage is not None:
+            return storage
     return BugError("internal", f"{type(exc).__name__}: {exc}")
+
+
+# errno -> code of a write the host could not make; and the phrases tools print for them.
+_STORAGE_ERRNOS = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full",
+                   errno.EROFS: "read_only"}
+_STORAGE_PHRASES = (("no space left on device", "disk_full"), ("disk quota exceeded", "disk_full"),
+                    ("database or disk is full", "disk_full"),
+                    ("read-only file system", "read_only"),
+                    ("attempt to write a readonly database", "read_only"))
+_STORAGE_FIX = {"disk_full": "free space on that file system (or give it more), then retry",
+                "read_only": "make that file system writable for the bridge user (remount it "
+                             "read-write), then retry"}
+
+
+def storage_error(exc: BaseException | str, path: object = None, **detail: Any) -> HalError | None:
+    """``disk_full`` or ``read_only`` (infrastructure, with the path and a fix) when ``exc``
+    -- an OSError, or a tool's output -- says a write failed for lack of space or a
+    read-only file system; None otherwise."""
+    code = None
+    if isinstance(exc, OSError):
+        code = _STORAGE_ERRNOS.get(exc.errno or 0)
+        path = path if path is not None else exc.filename
+    if code is None:
+        text = str(exc).lower()
+        code = next((c for phrase, c in _STORAGE_PHRASES if phrase in text), None)
+    if code is None:
+        return None
+    where = f" writing {path}" if path else ""
+    what = "no space left on device" if code == "disk_full" else "read-only file system"
+    fix = _STORAGE_FIX[code]
+    return InfraError(code, f"{what}{where}: {fix}", path=None if path is None else str(path),
+                      fix=fix, **detail)
+
+
+def storage_cause(error: HalError) -> HalError:
+    """``error`` itself, or -- when a tool's failure (``compile_failed``, ``tool_failed``,
+    ``internal``) was really a full or read-only disk on this host -- that infrastructure
+    error, with the original in ``detail["cause"]``."""
+    if error.code not in ("compile_failed", "tool_failed", "internal"):
+        return error
+    text = " ".join([error.message, *(str(v) for v in error.detail.values())])
+    storage = storage_error(text, error.detail.get("path"), cause=error.to_dict())
+    return storage if storage is not None else error

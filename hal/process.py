@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,23 @@ log = logging.getLogger(__name__)
 
 # Time a group gets between SIGTERM and SIGKILL: enough for a tool to release a port.
 KILL_GRACE_S = 2.0
+
+# Linux: a child asks the kernel for SIGKILL when the thread that started it dies, so a tool
+# never outlives a bridge killed with SIGKILL (run() waits in that thread until the tool
+# ends, so this never fires early). Resolved once here: the pre-exec hook runs between fork
+# and exec and must not import or look anything up.
+_PR_SET_PDEATHSIG = 1
+try:
+    import ctypes
+
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -112,6 +130,7 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=_die_with_parent if _prctl is not None else None,
         )
     except FileNotFoundError as exc:
         raise InfraError(

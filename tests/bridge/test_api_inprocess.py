@@ -251,7 +251,8 @@ def test_busy_device_is_409_naming_the_job(client):
 
 def test_job_ids_validated(client):
     assert_error(client.get("/jobs/0123456789abcdef"), 404, "unknown_job")
-    assert_error(client.get("/jobs/xyz"), 400, "bad_request")
+    assert_error(client.get("/jobs/xyz"), 404, "unknown_job")
+    assert_error(client.get("/jobs/None"), 404, "unknown_job")
     assert_error(client.delete("/jobs/0123456789abcdef"), 404, "unknown_job")
 
 
@@ -308,3 +309,47 @@ def test_internal_errors_are_classified_500(make_app, monkeypatch):
     monkeypatch.setattr(rt.jobs, "list", boom)
     body = assert_error(c.get("/jobs"), 500, "internal")
     assert "secret internals" not in json.dumps(body)
+
+
+# ------------------------------------------------------------- issue 10, item 6
+
+
+def test_options_are_strict_types(client):
+    for bad in ({"arena_bytes": "4096"}, {"arena_bytes": True}, {"boot_deadline_s": "5"},
+                {"input_vectors": [["1.5"]]}, {"arena_bytes": 4096.5}):
+        resp = client.post("/devices/fake1/install", json={"model_b64": _b64(), **bad})
+        assert_error(resp, 400, "bad_option")
+    resp = client.post("/devices/fake1/install", data={
+        "model": (io.BytesIO(MODEL), "m.tflite"), "options": json.dumps({"arena_bytes": "4096"})})
+    assert_error(resp, 400, "bad_option")
+    ok = client.post("/devices/fake1/install", json={"model_b64": _b64(), "arena_bytes": 4096.0,
+                                                     "boot_deadline_s": 5})
+    assert ok.status_code == 202, ok.get_data(as_text=True)
+
+
+def test_duplicate_multipart_parts_are_refused(client):
+    resp = client.post("/devices/fake1/install", data={
+        "model": [(io.BytesIO(MODEL), "a.tflite"), (io.BytesIO(b"other"), "b.tflite")]})
+    body = assert_error(resp, 400, "bad_request")
+    assert body["detail"] == {"field": "model", "count": 2}
+    resp = client.post("/devices/fake1/install", data={
+        "model": (io.BytesIO(MODEL), "a.tflite"), "options": ["{}", "{}"]})
+    assert assert_error(resp, 400, "bad_request")["detail"]["field"] == "options"
+    assert client.get("/jobs").get_json()["jobs"] == []
+
+
+def test_public_health_hides_tool_details(make_app):
+    app = make_app()
+    public = app.test_client().get("/health").get_json()
+    assert all(set(info) == {"available"} for info in public["drivers"].values())
+    authed = app.test_client().get("/health", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert authed.get_json()["drivers"]["test-fake"]["available"] is True
+    assert public["waits"] == {"active": 0, "limit": 16}
+
+
+def test_wait_and_lines_beyond_the_configured_limits_are_capped(client):
+    job = client.post("/devices/fake1/install", json={"model_b64": _b64()}).get_json()
+    assert client.get(f"/jobs/{job['id']}?wait=86400").status_code == 200  # capped, not 400
+    assert_error(client.get(f"/jobs/{job['id']}?wait=86401"), 400, "bad_option")
+    resp = client.get("/devices/fake1/observe?lines=1000000")
+    assert resp.status_code == 200 and len(resp.get_json()["lines"]) <= 2000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,26 @@ def test_example_device_tables_are_valid_when_uncommented():
     assert [(d.name, d.driver) for d in config.devices] == [
         ("bench-nano", "nano33ble"), ("pi-kitchen", "rpi"), ("virtual-1", "virtual-nano33ble")]
     assert all(settings for _, settings in config.device_settings())
+
+
+# ------------------------------------------------------------- issue 10, item 6
+
+
+def test_config_from_an_endless_device_is_refused_without_reading_it_all(tmp_path):
+    from bridge.config import load_config
+
+    with pytest.raises(HalError) as err:
+        load_config("/dev/zero")
+    assert err.value.code == "bad_config" and "larger than" in err.value.message
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    config = load_config(fifo)  # nobody writes: empty, i.e. the defaults; never hangs
+    assert config.server.port == 5000
+
+
+def test_token_file_from_an_endless_device_is_refused(tmp_path):
+    text = '[server]\ntoken_file = "/dev/zero"\n'
+    with pytest.raises(HalError) as err:
+        parse_config(text, "t.toml")
+    assert err.value.code == "bad_config" and "token_file" in err.value.message
+    assert "larger than" in err.value.message

@@ -309,7 +309,7 @@ def raw_stream_once(bridge: BridgeProcess, since: int, reset: bool) -> None:
     """Open a stream on a plain socket, read one line event, then vanish (RST or FIN)."""
     host, port = bridge.url.removeprefix("http://").rsplit(":", 1)
     sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(f"GET /devices/fake1/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+    sock.sendall(f"GET /devices/fake1/stream HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer "
                  f"{TOKEN}\r\nLast-Event-ID: {since}\r\n\r\n".encode())
     data = b""
     while b"event: line" not in data:
