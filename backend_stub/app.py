@@ -5,6 +5,10 @@ and registers the views. Every answer is JSON (or the file asked for); every fai
 ``hal.errors`` wire form ``{"code", "message", "detail", "class"}``. All endpoints but
 ``/health`` and ``/openapi.json`` need ``Authorization: Bearer <token>``.
 
+``serve`` bounds idle and slow connections with :mod:`bridge.connections` (the bridge's own
+protection) and gives long-polls (``?wait=``) their own capped share of the worker threads, so
+neither can keep ``/health`` and ordinary requests from answering.
+
 TensorFlow is never imported here: trainings and compilations run in worker processes.
 """
 
@@ -12,10 +16,12 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
+import threading
 import time
 from dataclasses import dataclass, field
 
-from flask import Flask, Response, json, request
+from flask import Flask, Response, g, json, request
 from werkzeug.exceptions import HTTPException
 
 from backend_stub.config import BackendConfig
@@ -26,6 +32,7 @@ from hal.errors import (
     ErrorClass,
     HalError,
     InputError,
+    make_error,
 )
 
 log = logging.getLogger(__name__)
@@ -63,8 +70,22 @@ def status_for(err: HalError) -> int:
 
 
 def error_response(err: HalError, status: int | None = None) -> Response:
-    return Response(json.dumps(err.to_dict()), status=status or status_for(err),
-                    mimetype="application/json")
+    """The ``{code, message, detail, class}`` body of ``err`` (503s say when to retry)."""
+    status = status or status_for(err)
+    resp = Response(json.dumps(err.to_dict()), status=status, mimetype="application/json")
+    if status == 503 and "retry_after_s" in err.detail:
+        resp.headers["Retry-After"] = str(int(err.detail["retry_after_s"]))
+    return resp
+
+
+def wants_to_wait() -> bool:
+    """True when the current request asks to be held (``?wait=S`` with S > 0). A malformed
+    value is not a wait: the view refuses it at once."""
+    try:
+        wait = float(request.args.get("wait", "0"))
+    except ValueError:
+        return False
+    return not math.isnan(wait) and wait > 0
 
 
 @dataclass
@@ -126,6 +147,26 @@ def create_app(config: BackendConfig | None = None) -> Flask:
                 "unauthorized", "missing or wrong bearer token (Authorization: Bearer <token>)"))
         return None
 
+    # A long-poll holds a worker thread while it waits: at most max_waits at once (serve adds
+    # that many threads), one beyond is refused rather than queued behind the others.
+    waits = threading.BoundedSemaphore(config.max_waits)
+
+    @app.before_request
+    def _long_poll_slot():
+        if request.url_rule is None or not wants_to_wait():
+            return None
+        if not waits.acquire(blocking=False):
+            return error_response(make_error(
+                "unavailable", f"too many requests waiting for jobs ({config.max_waits}); "
+                "retry later or poll without ?wait", limit=config.max_waits, retry_after_s=2))
+        g.long_poll_slot = True
+        return None
+
+    @app.teardown_request
+    def _release_long_poll_slot(_exc):
+        if g.pop("long_poll_slot", False):
+            waits.release()
+
     @app.errorhandler(HalError)
     def _hal_error(err: HalError):
         if err.error_class is ErrorClass.BUG:
@@ -157,20 +198,37 @@ def create_app(config: BackendConfig | None = None) -> Flask:
 def serve(app: Flask, host: str, port: int, *, threads: int = 8,
           on_bound=None) -> None:
     """Serve ``app`` with waitress until interrupted. ``port`` 0 picks a free port; the
-    bound ``(host, port)`` is passed to ``on_bound`` (the CLI prints it)."""
+    bound ``(host, port)`` is passed to ``on_bound`` (the CLI prints it).
+
+    ``threads`` serve ordinary requests; ``config.max_waits`` more serve long-polls. Idle and
+    slow connections are bounded by the ``config`` connection limits (:mod:`bridge.connections`).
+    """
     from waitress.server import create_server
 
+    from bridge.connections import Limits, waitress_options
+    from bridge.connections import install as install_limits
+
     backend: Backend = app.extensions["tinyml_backend"]
+    config = backend.config
+    limits = Limits(max_connections=config.max_connections,
+                    max_per_client=config.max_connections_per_client,
+                    header_timeout_s=config.header_timeout_s,
+                    idle_timeout_s=config.idle_timeout_s)
     server = create_server(
-        app, host=host, port=port, threads=threads,
+        app, host=host, port=port, threads=threads + config.max_waits,
         # Uploads go to waitress's own temporary file past 512 KB, never all into memory.
-        max_request_body_size=backend.config.limits.max_upload_bytes + 1,
+        max_request_body_size=config.limits.max_upload_bytes + 1,
         clear_untrusted_proxy_headers=True, ident="tinyml-backend",
+        **waitress_options(limits),
     )
+    install_limits(server, limits)
     bound = server.effective_host, server.effective_port
     if on_bound:
         on_bound(bound)
-    log.info("serving on http://%s:%s", *bound)
+    log.info("serving on http://%s:%s (threads=%d, max_waits=%d, max_connections=%d, "
+             "per client %d, header timeout %gs)", *bound, threads, config.max_waits,
+             config.max_connections, config.max_connections_per_client,
+             config.header_timeout_s)
     try:
         server.run()
     finally:

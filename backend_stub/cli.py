@@ -167,9 +167,24 @@ def cli(verbose: int) -> None:
               show_default=True, help="Largest dataset zip accepted.")
 @click.option("--min-images-per-label", type=click.IntRange(1, 10000), default=5,
               show_default=True, help="Fewest images per label a new dataset may have.")
+@click.option("--max-waits", type=click.IntRange(1, 4096), default=16, show_default=True,
+              help="Concurrent long-polls (?wait=), each on a thread of its own beyond "
+                   "--threads; one more gets 503 with Retry-After.")
+@click.option("--max-connections", type=click.IntRange(8, 65536), default=256,
+              show_default=True, help="Open connections in total; a new one beyond closes "
+                                      "the oldest idle connection.")
+@click.option("--max-connections-per-client", type=click.IntRange(2, 65536), default=64,
+              show_default=True, help="Open connections per client address (same eviction).")
+@click.option("--header-timeout", type=click.FloatRange(0.1, 3600), default=10.0,
+              show_default=True, help="Seconds a request header may take from its first "
+                                      "byte (slow clients are cut off).")
+@click.option("--idle-timeout", type=click.FloatRange(0.1, 3600), default=60.0,
+              show_default=True, help="Seconds an idle keep-alive connection or a stalled "
+                                      "body is kept.")
 def serve(host, port, database, database_password_file, allowed_hosts, allowed_origins, token,
           token_file, insecure_no_auth, max_parallel_jobs, threads, max_upload_mb,
-          min_images_per_label) -> None:
+          min_images_per_label, max_waits, max_connections, max_connections_per_client,
+          header_timeout, idle_timeout) -> None:
     """Run the backend HTTP API (waitress) until interrupted.
 
     \b
@@ -208,7 +223,10 @@ def serve(host, port, database, database_password_file, allowed_hosts, allowed_o
                                max_parallel_jobs=max_parallel_jobs, limits=limits,
                                allowed_hosts=tuple(sorted(hosts)),
                                allowed_origins=tuple(allowed_origins
-                                                     or env_list(ENV_ALLOWED_ORIGINS)))
+                                                     or env_list(ENV_ALLOWED_ORIGINS)),
+                               max_waits=max_waits, max_connections=max_connections,
+                               max_connections_per_client=max_connections_per_client,
+                               header_timeout_s=header_timeout, idle_timeout_s=idle_timeout)
         if logging.getLogger().level > logging.DEBUG:
             logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin chatter
         logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))

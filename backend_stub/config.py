@@ -87,6 +87,16 @@ class BackendConfig:
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     # Origin header values accepted (e.g. "https://ui.example"); any other Origin is refused.
     allowed_origins: tuple[str, ...] = ()
+    # Connections (bridge.connections, as for the bridge's [server]): idle and slow clients
+    # are bounded per client address and in total (a new connection over a limit closes the
+    # oldest idle one), and a request header must be complete within header_timeout_s.
+    max_connections: int = 256
+    max_connections_per_client: int = 64
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 60.0  # keep-alive connections and stalled bodies
+    # Concurrent long-polls (`?wait=`); each holds a worker thread, so `serve` adds this many
+    # to `threads`. One beyond the limit gets 503 with Retry-After.
+    max_waits: int = 16
 
 
 def env_list(name: str) -> tuple[str, ...]:

@@ -1,4 +1,7 @@
-"""Connection limits for waitress: idle and slow clients cannot take the bridge down.
+"""Connection limits for waitress: idle and slow clients cannot take a daemon down.
+
+Used by both daemons (the bridge's ``bridge.server`` and the backend's ``backend_stub.app``),
+so it depends on nothing but waitress and :mod:`hal.errors`.
 
 waitress reads requests on its event loop and only hands complete requests to worker threads,
 so a client that connects and sends nothing (or one byte a minute) costs a socket, not a
@@ -17,8 +20,8 @@ simply stops accepting, so a few hundred idle sockets make ``/health`` unreachab
   no request being served -- a stalled or idle one. Only when every connection is busy is the
   new one closed instead. So a flood of idle sockets can delay a real client by at most one
   accept, never lock it out;
-* waitress's own error answers (bodies far over the limit, malformed requests) as the bridge's
-  JSON error body instead of plain text.
+* waitress's own error answers (bodies far over the limit, malformed requests) as the JSON
+  error body instead of plain text.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ CHECK_INTERVAL_S = 1.0
 
 @dataclass(frozen=True)
 class Limits:
-    """The ``[server]`` connection limits."""
+    """Connection limits (the bridge's ``[server]`` keys, the backend's ``serve`` options)."""
 
     max_connections: int
     max_per_client: int
@@ -55,7 +58,8 @@ _WAITRESS_CODES = {400: "bad_request", 413: "payload_too_large", 431: "bad_reque
 
 
 class JsonErrorTask(ErrorTask):
-    """waitress's own error answers as ``{code, message, detail, class}``."""
+    """waitress's own error answers as ``{code, message, detail, class}`` (both daemons'
+    error body)."""
 
     def execute(self) -> None:
         error = self.request.error

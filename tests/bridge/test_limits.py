@@ -4,7 +4,6 @@ ordinary requests; waitress's own refusals are JSON too."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -13,6 +12,7 @@ import pytest
 import requests
 
 from tests.bridge.conftest import TOKEN, BridgeProcess, config_text
+from tests.sockets import address_of, dribble_header_until_closed, fds
 
 SLOW_DEVICE = """
 [[devices]]
@@ -30,31 +30,12 @@ def with_server(text: str, lines: str) -> str:
 
 
 def address(bridge: BridgeProcess) -> tuple[str, int]:
-    host, port = bridge.url.removeprefix("http://").rsplit(":", 1)
-    return host, int(port)
-
-
-def fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    return address_of(bridge.url)
 
 
 def health(bridge: BridgeProcess, timeout: float = 10) -> requests.Response:
     return requests.get(bridge.url + "/health", timeout=timeout,
                         headers={"Connection": "close"})
-
-
-def closed_by_server(sock: socket.socket, within: float) -> bool:
-    """True when the server closes ``sock`` (EOF or reset) within ``within`` seconds."""
-    sock.settimeout(within)
-    try:
-        while True:
-            data = sock.recv(4096)
-            if not data:
-                return True
-    except (ConnectionResetError, BrokenPipeError):
-        return True
-    except TimeoutError:
-        return False
 
 
 # ------------------------------------------------------------- idle connections
@@ -110,22 +91,9 @@ def test_total_limit_across_clients(tmp_path, start_bridge):
 def test_slow_header_is_cut_off_at_the_header_timeout(tmp_path, start_bridge):
     bridge = start_bridge(with_server(config_text(tmp_path / "state"),
                                       "header_timeout_s = 1.0\nidle_timeout_s = 60"))
-    sock = socket.create_connection(address(bridge), timeout=10)
     # A slowloris: a byte at a time, never finishing the header, always "active".
-    closed = False
-    end = time.monotonic() + 20  # generous ceiling; the timeout is 1 s, checked every 1 s
-    header = b"GET /health HTTP/1.1\r\nX-Slow: " + b"a" * 10_000
-    for byte in header:
-        try:
-            sock.sendall(bytes([byte]))
-        except (BrokenPipeError, ConnectionResetError):
-            closed = True
-            break
-        if closed_by_server(sock, 0.2) or time.monotonic() > end:
-            closed = True
-            break
-    sock.close()
-    assert closed and time.monotonic() <= end
+    # Generous ceiling: the timeout is 1 s, checked every 1 s.
+    assert dribble_header_until_closed(address(bridge), deadline_s=20)
     # An ordinary client is unaffected.
     assert health(bridge).status_code == 200
 
