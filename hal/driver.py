@@ -359,7 +359,15 @@ class Driver(ABC):
             raise err from exc
         ctx.touched = True
         try:
-            for phase in PHASES[commit:PHASES.index(PHASE_ROLLBACK)]:
+            return self._committed(ctx)
+        finally:
+            self._after_install(ctx)
+
+    def _committed(self, ctx: InstallContext) -> InstallReport:
+        """From the commit phase on: the phases run to the end, then roll back or report."""
+        steps, deadline = ctx.steps, ctx.deadline
+        try:
+            for phase in PHASES[PHASES.index(self.commit_phase):PHASES.index(PHASE_ROLLBACK)]:
                 steps.phase = phase
                 getattr(self, f"_{phase}")(ctx)
         except BaseException as exc:
@@ -427,6 +435,11 @@ class Driver(ABC):
         """Wait for the proof; set ``ctx.boot`` and ``ctx.arena_bytes``. There is no
         default: an install without a proof is never a success."""
         raise make_error("internal", f"the {self.name} driver has no verify phase")
+
+    def _after_install(self, ctx: InstallContext) -> None:
+        """Runs after the committed phases whatever their outcome (e.g. give the port back to
+        the observation)."""
+        return None
 
     def _rollback(self, ctx: InstallContext, error: HalError) -> RollbackOutcome:
         """After ``error`` in a phase that changed the device: bring back the last verified
