@@ -100,6 +100,7 @@ class ObservationLoop(threading.Thread):
         """Read ``target`` from now on (None: resolve it again)."""
         with self._lock:
             self._next, self._has_next = target, True
+        self._health = None  # a new runner: report its health afresh
         self._wake.set()
 
     def pause(self, timeout_s: float = 3.0) -> bool:
