@@ -179,7 +179,7 @@ class Rig:
                 return int(Path(self.workdir, "run", "runner.pid").read_text().strip())
             return None
         board = self.driver.board_pid
-        kids = child_pids(board) if board else []
+        kids = [k for k in (child_pids(board) if board else []) if _comm(k) == "virtual-mcu"]
         return kids[0] if kids else None
 
     def kill_runner(self) -> int:
