@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import click
 
-from bridge.cli.render import device_note, render_device_detail, render_error
+from bridge.cli.doctor import device_checks
+from bridge.cli.render import device_note, render_device_detail, render_devices, render_error
 from tests.lifecycle.conftest import wait_until
 
 
@@ -85,6 +86,9 @@ def test_2_a_runner_whose_supervisor_gave_up_is_crashed_also_after_a_restart(mak
     assert "giving up" in dev["health"]["stderr_tail"]
     assert dev["model"]["sha256"] == rig.sha("a")  # what it was running stays known
     assert "exit 137" in plain(device_note(dev))
+    assert "crashed" in plain(render_devices([dev]))  # `tinyml-bridge devices`
+    alive = [c for c in device_checks([dev]) if c["check"].endswith("runner alive")]
+    assert alive and alive[0]["ok"] is False  # `tinyml-bridge doctor`
     rig.restart()
     dev = rig.wait_dev(lambda d: d["state"] == "crashed", 15)
     assert dev["state"] == "crashed" and dev["health"]["exit_code"] == 137
