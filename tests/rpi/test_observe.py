@@ -84,7 +84,9 @@ def test_settings_defaults_and_validation():
         {"port": 70000}, {"workdir": "relative/dir"}, {"workdir": "/a\nb"},
         {"input_source": "camera"}, {"input_source": "file:relative"},
         {"keep_deployments": 0}, {"python": ""}, {"unknown_key": 1}, {"boot_deadline_s": -1},
-        {"supervisor": "init.d"},
+        {"supervisor": "init.d"}, {"min_uptime_s": 0}, {"restart_budget": -1},
+        {"restart_budget": 10**6}, {"restart_window_s": 0}, {"restart_pause_s": -1},
+        {"health_interval_s": -0.5}, {"health_interval_s": "often"},
     ):
         with pytest.raises(ValidationError):
             _settings(**bad)

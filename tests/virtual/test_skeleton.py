@@ -221,3 +221,33 @@ def test_a_driver_without_a_verify_phase_never_succeeds(tmp_path):
     with pytest.raises(BugError) as ei:
         drv.install(InstallRequest(model=b"A"), Deadline(10))
     assert ei.value.code == "internal"
+
+
+@pytest.mark.parametrize(("vectors", "words"), [
+    (((0.5,),) * 257, "exceed 256"),
+    (((0.5, 1.0),), "has 2 values"),
+    (((float("nan"),),), "not a finite number"),
+    (((float("inf"),),), "not a finite number"),
+    (((10**400,),), "not a finite number"),
+    (((True,),), "not a number"),
+    ((("1",),), "not a number"),
+    (((None,),), "not a number"),
+    (([[0.5]],), "not a number"),
+    (("x",), "is a str, not a list"),
+    (((3.5e38,),), "out of float32 range"),
+])
+def test_one_validation_of_input_vectors_for_every_driver(vectors, words):
+    from hal.vectors import check_input_vectors
+
+    with pytest.raises(InputError) as ei:
+        check_input_vectors(vectors, 1, (1, 1), "float32")
+    assert ei.value.code == "bad_option" and words in ei.value.message
+    check_input_vectors(((0.5,),) * 256, 1, (1, 1), "float32")  # the limit itself is fine
+
+
+def test_nano_liveness_setting_is_validated(context):
+    from pydantic import ValidationError
+
+    for bad in (1, 0, -3, 10**6, "often", None):
+        with pytest.raises(ValidationError):
+            build_driver("virtual-nano33ble", "v", {"silent_periods": bad}, context)
