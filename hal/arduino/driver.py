@@ -372,6 +372,10 @@ class Nano33BleDriver(Driver):
         """Where this device keeps the last build output that booted verified."""
         return VerifiedStore(self.context.device_dir(self.name, self.device_id))
 
+    def has_verified_model(self) -> bool:
+        """A model of ours booted verified on this board at some point."""
+        return self.verified_store().load_record() is not None
+
     # ---------------------------------------------------------------------------- ports
 
     def upload_port(self, deadline: Deadline) -> discovery.PortInfo:
