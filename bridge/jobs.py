@@ -140,10 +140,6 @@ class JobManager:
         self._lock = threading.Lock()
         self._closing = False
 
-    def recover(self) -> list[str]:
-        """At start: jobs a previous process left queued/running become interrupted."""
-        return self.store.mark_interrupted(utc_now())
-
     # ---------------------------------------------------------------------- submit
 
     def submit(self, device_id: str, model: bytes, options: InstallOptions) -> Job:
@@ -235,20 +231,16 @@ class JobManager:
                         error = Cancelled(f"job {job.id} cancelled", cause=error.to_dict())
                     job.error = error.to_dict()
             save_error = self._save(job)
-            with slot.lock:
-                slot.job_id = None
-                slot.last_outcome = job.state
-                if job.state == "succeeded":
-                    slot.model = {"sha256": job.model_sha256, "since": now, "job_id": job.id}
-                    slot.last_error = None
-                    save_error = self._store_call(job, self.store.set_verified_model, slot.id,
-                                                  job.model_sha256, now, job.id) or save_error
-                else:
-                    slot.last_error = job.error
-                if save_error is not None:
-                    # The device view says what is true (the outcome above) and that it could
-                    # not be recorded.
-                    slot.last_error = {**save_error.to_dict(), "source": "state"}
+            # The device's state follows from the job's outcome (and the driver's typed
+            # rollback outcome): hal.driver.RollbackOutcome, read in one place.
+            model = slot.job_finished(job.state, job.model_sha256, job.error, now, job.id)
+            if model is not None:
+                save_error = self._store_call(job, self.store.set_verified_model, slot.id,
+                                              model["sha256"], model["since"],
+                                              model["job_id"]) or save_error
+            # The device view stays what is true; that it could not be recorded is said
+            # beside it (state_error), never instead of it.
+            slot.set_state_error(save_error)
         finally:
             with slot.lock:
                 if slot.job_id == job.id:
@@ -280,6 +272,8 @@ class JobManager:
             if self._save(job) is None:
                 with self._lock:
                     self._unsaved.pop(job.id, None)
+                with contextlib.suppress(HalError):
+                    self.registry.get(job.device_id).set_state_error(None)
                 log.info("job=%s saved now", job.id)
 
     def _save(self, job: Job) -> HalError | None:

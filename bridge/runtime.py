@@ -29,7 +29,8 @@ class Runtime:
         self.waits = StreamLimiter(config.server.max_waits)
         store = registry.store if registry is not None else None
         self.store = store or StateStore(config.state_dir, history=config.jobs.history)
-        self.jobs_recovered = self._recover()
+        # Jobs cut off by the last run are marked interrupted before anything reads history.
+        self.store.mark_interrupted(utc_now())
         if registry is None:
             registry = DeviceRegistry(config, self.store)
             registry.start()
@@ -41,9 +42,6 @@ class Runtime:
         self._tools: dict[str, tuple[float, dict[str, Any]]] = {}
         self._tools_lock = threading.Lock()
         self._closed = False
-
-    def _recover(self) -> list[str]:
-        return self.store.mark_interrupted(utc_now())
 
     @contextlib.contextmanager
     def long_poll(self) -> Iterator[None]:

@@ -1,4 +1,4 @@
-"""Render the Nano 33 BLE firmware template into a sketch folder, and read one back.
+"""Render the Nano 33 BLE firmware template into a sketch folder.
 
 The sketch folder (``<build slot>/tinyml_sketch/``) always holds the same four files, so that
 arduino-cli's build cache survives from one install to the next and only what changed is
@@ -12,9 +12,8 @@ rebuilt (a new file name in the folder invalidates the whole cache, arduino-cli 
                        op registrations, labels, input vectors, input source, periods.
 
 :func:`render_sketch` rewrites only the files whose bytes changed (unchanged files keep their
-mtime). :func:`read_sketch` is its inverse: the stand-in arduino-cli uses it to "compile" the
-sketch into a firmware image for the virtual board, and it fails like a compiler (code
-``compile_failed``, with file and line) when the sources are malformed.
+mtime). Its inverse, the stand-in compiler's parser, is :func:`hal.virtual.sketch_reader.
+read_sketch` (only the hardware-free stand-ins read sketches back).
 
 The lines the sketch prints are built here as :mod:`hal.protocol` objects too
 (:func:`boot_line`, :func:`status_line`, :func:`inference_line`, :func:`error_line`), so the
@@ -31,13 +30,14 @@ import math
 import os
 import re
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hal.errors import BugError, InputError
 from hal.model.ops import resolver_method
 from hal.model.report import ModelReport
+from hal.vectors import MAX_INPUT_VECTORS, check_input_vectors
 
 if TYPE_CHECKING:  # the stand-in's compile imports this module: keep pydantic out of it
     from hal.driver import InstallRequest
@@ -74,7 +74,7 @@ CAMERA_SIDE = 96  # the OV7675 frame is cropped and scaled to 96x96 grayscale
 MAX_LABELS = 1024
 MAX_LABEL_CHARS = 48
 MAX_LABEL_WIRE_BYTES = 384
-MAX_VECTORS = 256
+MAX_VECTORS = MAX_INPUT_VECTORS
 MAX_VECTOR_BYTES = 192 * 1024  # flash the embedded test vectors may take
 MAX_INPUT_ELEMENTS = 1 << 20
 MAX_INPUT_RANK = 6
@@ -299,33 +299,11 @@ def _validate_input(c: SketchConfig) -> None:
                 math.isfinite(v) for v in rng) or rng[0] == rng[1]):
             raise _bad("camera_range", f"must be two different finite numbers, not {rng!r}")
     if len(vectors) > MAX_VECTORS:
-        raise _bad("input_vectors", f"{len(vectors)} vectors exceed {MAX_VECTORS}")
+        check_input_vectors(vectors, c.input_elements, shape, c.input_dtype)  # raises
     if c.vector_bytes > MAX_VECTOR_BYTES:  # before touching the values: cheap rejection
         raise _bad("input_vectors", f"the vectors take {c.vector_bytes} bytes of flash, over "
                    f"{MAX_VECTOR_BYTES}", bytes=c.vector_bytes, limit=MAX_VECTOR_BYTES)
-    import numpy as np
-
-    for i, vector in enumerate(vectors):
-        if not isinstance(vector, (tuple, list)) or len(vector) != c.input_elements:
-            got = len(vector) if isinstance(vector, (tuple, list)) else type(vector).__name__
-            raise _bad("input_vectors", f"vector {i} has {got} values; the input "
-                       f"{list(shape)} takes {c.input_elements}", index=i,
-                       expected=c.input_elements)
-        # Fast path: plain ints and floats (a C-speed type scan); else check each value.
-        plain = set(map(type, vector)) <= {int, float}
-        if not plain and not all(_is_real(v) for v in vector):
-            raise _bad("input_vectors", f"vector {i} holds a value that is not a number",
-                       index=i)
-        try:
-            values = np.asarray(vector, dtype=np.float64)
-        except OverflowError:  # an int too large for a double
-            values = np.array([np.inf])
-        if not np.isfinite(values).all():
-            raise _bad("input_vectors", f"vector {i} holds a value that is not a finite "
-                       "number", index=i)
-        if c.input_dtype == "float32" and (np.abs(values) > 3.4028234663852886e38).any():
-            raise _bad("input_vectors", f"vector {i} holds a value out of float32 range",
-                       index=i)
+    check_input_vectors(vectors, c.input_elements, shape, c.input_dtype)
 
 
 # ----------------------------------------------------------------------------- building
@@ -768,346 +746,6 @@ def render_sketch(config: SketchConfig, sketch_dir: Path) -> bool:
     return bool(changed)
 
 
-# ------------------------------------------------------------------------------ reading
-
-
-class _Source:
-    """One file being parsed, for compiler-like errors."""
-
-    def __init__(self, sketch_dir: Path, name: str) -> None:
-        self.name = name
-        path = sketch_dir / name
-        try:
-            self.data = path.read_bytes()
-        except FileNotFoundError:
-            raise self.error(1, "No such file or directory") from None
-        try:
-            self.text = self.data.decode("ascii")
-        except UnicodeDecodeError as exc:
-            line = self.data[: exc.start].count(b"\n") + 1
-            raise self.error(line, "stray non-ASCII byte in program") from None
-
-    def error(self, line: int, message: str) -> InputError:
-        return InputError("compile_failed", f"{self.name}:{line}: error: {message}",
-                          file=self.name, line=line)
-
-
-_MODEL_START = "alignas(16) const unsigned char g_model[] = {"
-_HEX_BYTE = re.compile(r"0x([0-9a-f]{2})")
-_MODEL_LINE = re.compile(r"^    (?:0x[0-9a-f]{2}, )*0x[0-9a-f]{2},$")
-_MODEL_LEN = re.compile(r"^const unsigned int g_model_len = ([0-9]+);$")
-
-
-def _read_model(src: _Source) -> bytes:
-    # Fast path: decode the byte list, then demand the file be exactly what we render.
-    text = src.text
-    begin = text.find(_MODEL_START + "\n")
-    end = text.rfind("};\n")
-    if 0 <= begin < end:
-        body = text[begin + len(_MODEL_START) + 1:end]
-        try:
-            model = bytes.fromhex(body.replace("0x", "").replace(",", "").replace(" ", "")
-                                  .replace("\n", ""))
-        except ValueError:
-            model = None
-        if model is not None and src.data == _model_data_text(
-                model, hashlib.sha256(model).hexdigest()):
-            return model
-    # Slow path: check line by line (comments may differ) and name the first bad line.
-    lines = text.split("\n")
-    state = "head"
-    hexes: list[str] = []
-    length = None
-    for no, line in enumerate(lines, 1):
-        if state == "head":
-            if line == _MODEL_START:
-                state = "body"
-            elif not (line.startswith("//") or line == "" or line == '#include "model_data.h"'):
-                raise src.error(no, f"expected the g_model array, found {line[:60]!r}")
-        elif state == "body":
-            if line == "};":
-                state = "len"
-            elif _MODEL_LINE.match(line):
-                hexes.extend(_HEX_BYTE.findall(line))
-            else:
-                raise src.error(no, f"malformed byte list {line[:60]!r}")
-        elif state == "len":
-            m = _MODEL_LEN.match(line)
-            if not m:
-                raise src.error(no, f"expected g_model_len, found {line[:60]!r}")
-            length = (no, int(m.group(1)))
-            state = "end"
-        elif line != "":
-            raise src.error(no, f"unexpected text after g_model_len: {line[:60]!r}")
-    if state != "end" or length is None:
-        raise src.error(len(lines), "expected '}' at end of input (the g_model array)")
-    model = bytes.fromhex("".join(hexes))
-    if not model:
-        raise src.error(length[0], "zero-size array 'g_model'")
-    if len(model) != length[1]:
-        raise src.error(length[0], f"g_model_len is {length[1]} but g_model holds "
-                        f"{len(model)} bytes")
-    return model
-
-
-_DEFINE = re.compile(r"^#define (TINYML_[A-Z_]+)(?: (.*))?$")
-_OP_LINE = re.compile(
-    r"^    ok = \(\(resolver\)\.(Add[A-Za-z0-9]+)\(\) == kTfLiteOk\) && ok; "
-    r"/\* ((?:CUSTOM:)?[A-Za-z0-9_.\-]{1,64}) \*/ \\$"
-)
-_LABEL_LINE = re.compile(r'^    ("(?:[^"\\]|\\.)*"),$')
-_VECTOR_LINE = re.compile(r"^    \{(.*)\},$")
-_INT = re.compile(r"^-?[0-9]+$")
-_FLOAT_LIT = re.compile(r"^-?(?:[0-9]+\.[0-9]*|[0-9]+)(?:e[+-]?[0-9]+)?f$")
-_STATIC_LINES = {
-    "#ifndef TINYML_MODEL_CONFIG_H_",
-    "#include <stdint.h>",
-    "#endif  // TINYML_MODEL_CONFIG_H_",
-    "  do { \\",
-    "  } while (0)",
-    "};",
-}
-
-
-def _c_unescape(src: _Source, no: int, literal: str) -> str:
-    """The text of a C string literal in the form :func:`_c_string` writes."""
-    body = literal[1:-1]
-    out = []
-    i = 0
-    while i < len(body):
-        ch = body[i]
-        if ch == '"':
-            raise src.error(no, "stray quote in string literal")
-        if ch != "\\":
-            out.append(ch)
-            i += 1
-            continue
-        nxt = body[i + 1:i + 2]
-        if nxt in ("\\", '"', "?"):
-            out.append(nxt)
-            i += 2
-        elif re.match(r"[0-7]{3}", body[i + 1:i + 4]):
-            out.append(chr(int(body[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            raise src.error(no, f"unknown escape sequence '\\{nxt}'")
-    return "".join(out)
-
-
-def _read_config(src: _Source) -> dict:
-    values: dict[str, tuple[int, str]] = {}
-    ops: list[tuple[str, str]] = []
-    labels: list[str] = []
-    vectors: list[tuple[int, str]] = []
-    typedef = None
-    block = None
-    for no, line in enumerate(src.text.split("\n"), 1):
-        if block == "ops":
-            if line == "  do { \\" and not ops:
-                continue
-            m = _OP_LINE.match(line)
-            if m:
-                ops.append((m.group(1), m.group(2)))
-                continue
-            if line != "  } while (0)":
-                raise src.error(no, f"malformed op registration {line[:60]!r}")
-            block = None
-            continue
-        if block == "labels":
-            if line == "};":
-                block = None
-                continue
-            m = _LABEL_LINE.match(line)
-            if not m:
-                raise src.error(no, f"malformed label literal {line[:60]!r}")
-            wire = _c_unescape(src, no, m.group(1))
-            try:
-                label = json.loads('"' + wire + '"')
-            except ValueError:
-                raise src.error(no, "label is not a JSON-escaped string") from None
-            if not isinstance(label, str) or label_wire_text(label) != wire:
-                raise src.error(no, "label is not in canonical JSON escape form")
-            labels.append(label)
-            continue
-        if block == "vectors":
-            if line == "};":
-                block = None
-                continue
-            m = _VECTOR_LINE.match(line)
-            if not m:
-                raise src.error(no, f"malformed vector initialiser {line[:60]!r}")
-            vectors.append((no, m.group(1)))
-            continue
-        if line == "" or line.startswith("//") or line in _STATIC_LINES:
-            continue
-        if line == "#define TINYML_REGISTER_OPS(resolver, ok) \\":
-            block = "ops"
-            continue
-        if line == "static const char* const kTinymlLabels[] = {":
-            block = "labels"
-            continue
-        if line == ("alignas(4) static const tinyml_input_t "
-                    "kTinymlInputVectors[TINYML_INPUT_VECTOR_COUNT][TINYML_INPUT_ELEMENTS] = {"):
-            block = "vectors"
-            continue
-        m = re.match(r"^typedef (int8_t|uint8_t|float) tinyml_input_t;$", line)
-        if m:
-            typedef = m.group(1)
-            continue
-        m = _DEFINE.match(line)
-        if m and m.group(2) is not None:
-            if m.group(1) in values:
-                raise src.error(no, f"{m.group(1)} redefined")
-            values[m.group(1)] = (no, m.group(2))
-            continue
-        if line == "#define TINYML_MODEL_CONFIG_H_":
-            continue
-        raise src.error(no, f"unexpected line {line[:60]!r}")
-    if block is not None:
-        raise src.error(src.text.count("\n") + 1, f"unexpected end of file in the {block} block")
-    return {"values": values, "ops": ops, "labels": labels, "vectors": vectors,
-            "typedef": typedef}
-
-
-def read_sketch(sketch_dir: Path) -> SketchConfig:
-    """Inverse of :func:`render_sketch`: parse the generated files back (used by the stand-in
-    arduino-cli to build a firmware image for the virtual board). Raises
-    ``InputError("compile_failed", ...)`` with ``file`` and ``line`` when the sources are
-    malformed (mimicking a compiler error). Quantised vectors come back dequantised, so
-    rendering the result again gives the same files."""
-    sketch_dir = Path(sketch_dir)
-    ino = _Source(sketch_dir, INO_FILE)
-    if ino.data != template_text():
-        raise ino.error(1, f"{INO_FILE} is not the template {TEMPLATE_VERSION} (edited?)")
-    header = _Source(sketch_dir, MODEL_HEADER_FILE)
-    if header.text != MODEL_HEADER_TEXT:
-        raise header.error(1, "model_data.h is not the generated header")
-    model = _read_model(_Source(sketch_dir, MODEL_DATA_FILE))
-    src = _Source(sketch_dir, CONFIG_FILE)
-    parsed = _read_config(src)
-    values = parsed["values"]
-
-    def get(name: str) -> tuple[int, str]:
-        if name not in values:
-            raise src.error(1, f"'{name}' was not declared in this scope")
-        return values[name]
-
-    def get_int(name: str, low: int = 0) -> int:
-        no, text = get(name)
-        if not _INT.match(text) or int(text) < low:
-            raise src.error(no, f"{name} must be an integer >= {low}, not {text!r}")
-        return int(text)
-
-    def get_str(name: str) -> str:
-        no, text = get(name)
-        if not _LABEL_LINE.match("    " + text + ","):
-            raise src.error(no, f"{name} must be a string literal")
-        return _c_unescape(src, no, text)
-
-    def get_float(name: str) -> float:
-        no, text = get(name)
-        try:
-            value = float(text)
-        except ValueError:
-            raise src.error(no, f"{name} must be a number, not {text!r}") from None
-        if not math.isfinite(value):
-            raise src.error(no, f"{name} must be finite")
-        return value
-
-    version = get_str("TINYML_TEMPLATE_VERSION")
-    sha_prefix = get_str("TINYML_MODEL_SHA")
-    sha256 = hashlib.sha256(model).hexdigest()
-    if sha_prefix != sha256[:SHA_PREFIX_LEN]:
-        no, _ = get("TINYML_MODEL_SHA")
-        raise src.error(no, f"TINYML_MODEL_SHA {sha_prefix!r} does not match model_data.cpp "
-                        f"({sha256[:SHA_PREFIX_LEN]})")
-    dtype = get_str("TINYML_INPUT_DTYPE")
-    if dtype not in _C_TYPE or parsed["typedef"] != _C_TYPE[dtype]:
-        no, _ = get("TINYML_INPUT_DTYPE")
-        raise src.error(no, f"input type {dtype!r} does not match typedef {parsed['typedef']}")
-    no, shape_text = get("TINYML_INPUT_SHAPE")
-    m = re.match(r"^\{([0-9]+(?:, [0-9]+)*)\}$", shape_text)
-    if not m:
-        raise src.error(no, f"malformed TINYML_INPUT_SHAPE {shape_text!r}")
-    shape = tuple(int(d) for d in m.group(1).split(", "))
-    elements = get_int("TINYML_INPUT_ELEMENTS", 1)
-    if get_int("TINYML_INPUT_RANK", 1) != len(shape) or math.prod(shape) != elements:
-        raise src.error(no, "TINYML_INPUT_SHAPE, _RANK and _ELEMENTS disagree")
-    quantised = get_int("TINYML_INPUT_QUANTISED")
-    scale = zp = None
-    if quantised:
-        scale = get_float("TINYML_INPUT_SCALE")
-        zp_no, zp_text = get("TINYML_INPUT_ZERO_POINT")
-        if not _INT.match(zp_text):
-            raise src.error(zp_no, "TINYML_INPUT_ZERO_POINT must be an integer")
-        zp = int(zp_text)
-    camera = get_int("TINYML_INPUT_CAMERA")
-    camera_range = (0.0, 1.0)
-    if camera:
-        camera_range = (get_float("TINYML_CAMERA_REAL_LO"), get_float("TINYML_CAMERA_REAL_HI"))
-
-    ops = parsed["ops"]
-    if get_int("TINYML_OP_COUNT") != len(ops):
-        no, _ = get("TINYML_OP_COUNT")
-        raise src.error(no, f"TINYML_OP_COUNT is not the {len(ops)} registered ops")
-    for method, op in ops:
-        if resolver_method(op) != method:
-            raise src.error(get("TINYML_OP_COUNT")[0],
-                            f"{method}() does not register {op} (expected "
-                            f"{resolver_method(op)})")
-    labels = tuple(parsed["labels"])
-    label_count = get_int("TINYML_LABEL_COUNT")
-    if label_count == 0 and labels == ("",):
-        labels = ()
-    if label_count != len(labels):
-        no, _ = get("TINYML_LABEL_COUNT")
-        raise src.error(no, f"TINYML_LABEL_COUNT {label_count} but {len(labels)} labels")
-
-    partial = SketchConfig(
-        model=model, model_sha256=sha256, ops=tuple(op for _, op in ops), arena_bytes=0,
-        labels=labels, input_dtype=dtype, input_shape=shape, input_scale=scale,
-        input_zero_point=zp, input_vectors=(),
-    )
-    vectors = []
-    for no, body in parsed["vectors"]:
-        items = body.split(", ")
-        if len(items) != elements:
-            raise src.error(no, f"too {'many' if len(items) > elements else 'few'} "
-                            f"initializers: {len(items)} for {elements} elements")
-        if dtype == "float32":
-            if not all(_FLOAT_LIT.match(t) for t in items):
-                raise src.error(no, "malformed float initializer")
-            stored = [float(t[:-1]) for t in items]
-        else:
-            if not all(_INT.match(t) for t in items):
-                raise src.error(no, "malformed integer initializer")
-            stored = [int(t) for t in items]
-            lo, hi = _DTYPE_RANGE[dtype]
-            if not all(lo <= q <= hi for q in stored):
-                raise src.error(no, f"narrowing conversion: value out of {dtype} range")
-        vectors.append(dequantise(partial, stored))
-    if get_int("TINYML_INPUT_VECTOR_COUNT") != len(vectors):
-        no, _ = get("TINYML_INPUT_VECTOR_COUNT")
-        raise src.error(no, f"TINYML_INPUT_VECTOR_COUNT is not the {len(vectors)} vectors")
-
-    config = replace(
-        partial,
-        arena_bytes=get_int("TINYML_ARENA_BYTES", 1),
-        input_vectors=tuple(vectors),
-        input_source="camera" if camera else "vectors",
-        board=get_str("TINYML_BOARD"),
-        status_period_ms=get_int("TINYML_STATUS_PERIOD_MS"),
-        template_version=version,
-        inference_period_ms=get_int("TINYML_INFERENCE_PERIOD_MS"),
-        camera_range=camera_range,
-    )
-    try:
-        validate_config(config)
-    except InputError as exc:
-        raise src.error(1, f"invalid configuration: {exc.message}") from None
-    return config
-
-
 __all__ = [
     "SKETCH_NAME",
     "TEMPLATE_VERSION",
@@ -1120,7 +758,6 @@ __all__ = [
     "inference_line",
     "input_tensor_bytes",
     "quantise",
-    "read_sketch",
     "render_sketch",
     "status_line",
     "validate_config",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from hal.outcomes import Health
 from hal.rpi.ssh import quote_args
 
 # How long a stop waits for the runner to exit after SIGTERM before SIGKILL (tenths of s).
@@ -36,6 +37,23 @@ FOLLOW_UNTIL_EXIT = (
     "sleep 0.15\n"  # tail's last lines
     'kill "$T" 2>/dev/null\n'
 )
+
+
+@dataclass(frozen=True)
+class RestartBudget:
+    """How the supervisor treats a runner that exits (see supervise.sh)."""
+
+    min_uptime_s: float = 10.0
+    restarts: int = 3
+    window_s: float = 60.0
+    pause_s: float = 2.0
+
+    def env(self) -> str:
+        """The environment assignments supervise.sh reads (numbers only, no quoting needed)."""
+        return (f"TINYML_MIN_UPTIME_CS={int(self.min_uptime_s * 100)} "
+                f"TINYML_MAX_RESTARTS={int(self.restarts)} "
+                f"TINYML_RESTART_WINDOW_CS={int(self.window_s * 100)} "
+                f"TINYML_RESTART_PAUSE={self.pause_s:.2f}")
 
 
 @dataclass(frozen=True)
@@ -73,9 +91,11 @@ class ProcessSupervisor:
 
     kind = "process"
 
-    def __init__(self, layout: Layout, python: str) -> None:
+    def __init__(self, layout: Layout, python: str,
+                 budget: RestartBudget | None = None) -> None:
         self.layout = layout
         self.python = python
+        self.budget = budget or RestartBudget()
 
     def stop_script(self) -> str:
         """Stop the supervisor group if one runs (validated: the pid must belong to a
@@ -113,6 +133,7 @@ class ProcessSupervisor:
             'LINES=$(wc -l < "$D/runner.log" 2>/dev/null || echo 0)\n'
             'echo "offset $OFF lines $LINES" >&2\n'
             'rm -f "$RUN/exit"\n'
+            f'{self.budget.env()} '
             f'setsid sh "$D/supervise.sh" "$RUN" "$D" {q([self.python, start_id, input_mode])}'
             " </dev/null >/dev/null 2>&1 &\n"
             "SUP=$!\n"
@@ -138,6 +159,25 @@ class ProcessSupervisor:
             'else echo stopped; fi\n'
         )
 
+    def health_script(self) -> str:
+        """Status, then ``exit ID STATUS`` / ``restarts ID N`` when recorded, the current
+        deployment and the tail of its stderr (the liveness check, one SSH call)."""
+        return _health_script(self)
+
+
+def _health_script(sup: Supervisor) -> str:
+    q = quote_args
+    return (
+        sup.status_script()
+        + sup.exit_script()
+        + f"sed 's/^/restarts /' {q([sup.layout.run])}/restarts 2>/dev/null\n"
+        + f"C=$(readlink {q([sup.layout.current])} 2>/dev/null)\n"
+        'echo "current ${C##*/}"\n'
+        f'[ -n "$C" ] && tail -n 12 {q([sup.layout.models])}/"${{C##*/}}/runner.err" '
+        "2>/dev/null | sed 's/^/err /'\n"
+        "echo health-end\n"
+    )
+
 
 class SystemdSupervisor:
     """A ``systemd --user`` service per work directory (needs lingering so it runs without a
@@ -146,9 +186,14 @@ class SystemdSupervisor:
 
     kind = "systemd"
 
-    def __init__(self, layout: Layout, python: str) -> None:
+    def __init__(self, layout: Layout, python: str,
+                 budget: RestartBudget | None = None) -> None:
         self.layout = layout
         self.python = python
+        self.budget = budget or RestartBudget()
+
+    def health_script(self) -> str:
+        return _health_script(self)
 
     def unit_text(self) -> str:
         run = self.layout.run
@@ -160,12 +205,14 @@ class SystemdSupervisor:
                 "2>>runner.err </dev/null; fi")
         return (
             "[Unit]\nDescription=TinyML runner ({workdir})\n"
-            "StartLimitIntervalSec=60\nStartLimitBurst=3\n\n"
+            # the restart budget: beyond it systemd gives up and the unit stays failed
+            f"StartLimitIntervalSec={max(1, round(self.budget.window_s))}\n"
+            f"StartLimitBurst={self.budget.restarts + 1}\n\n"
             "[Service]\nType=simple\n"
             f"Environment=RUN={run}\n"
             f"EnvironmentFile={run}/systemd.env\n"
             f"ExecStart=/bin/sh -c {quote_args([body])}\n"
-            "Restart=on-failure\nRestartSec=10\n"
+            f"Restart=on-failure\nRestartSec={max(0.1, self.budget.pause_s):g}\n"
             "KillSignal=SIGTERM\nTimeoutStopSec=5\n\n"
             "[Install]\nWantedBy=default.target\n"
         ).replace("{workdir}", self.layout.workdir)
@@ -222,3 +269,36 @@ class SystemdSupervisor:
 
 
 Supervisor = ProcessSupervisor | SystemdSupervisor
+
+
+def parse_health(text: str, *, switching: bool = False) -> Health | None:
+    """The runner's liveness from :func:`_health_script`'s output: ``ok`` while its supervisor
+    runs (with the restarts made), ``crashed`` with the exit status and stderr tail once it
+    gave up, ``none`` when nothing is deployed. None while an install or restart is
+    ``switching`` runners (a stopped runner then means nothing)."""
+    rows = text.splitlines()
+    if "health-end" not in rows or not any(r.startswith("current") for r in rows):
+        return None  # cut short (a dropped connection): it tells nothing
+    state = rows[0].split()[0] if rows and rows[0].split() else "unknown"
+    current = next((r.split()[1] for r in rows if r.startswith("current ")
+                    and len(r.split()) > 1), None)
+    exit_code = restarts = None
+    for r in rows:
+        parts = r.split()
+        if len(parts) == 3 and parts[0] == "exit" and parts[2].lstrip("-").isdigit():
+            exit_code = int(parts[2])
+        if len(parts) == 3 and parts[0] == "restarts" and parts[2].isdigit():
+            restarts = int(parts[2])
+    tail = "\n".join(r[4:] for r in rows if r.startswith("err "))[-1500:]
+    if current is None:
+        return Health("none", "nothing is deployed on the target")
+    if state == "running":
+        return Health("ok", f"the runner of {current[:16]} runs"
+                      + (f" ({restarts} restarts)" if restarts else ""),
+                      restarts=restarts or 0)
+    if switching:
+        return None
+    return Health("crashed", f"the runner of {current[:16]} is not running"
+                  + (f": it exited with status {exit_code} and its supervisor gave up"
+                     if exit_code is not None else ""),
+                  exit_code=exit_code, stderr_tail=tail, restarts=restarts or 0)

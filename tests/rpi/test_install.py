@@ -90,7 +90,8 @@ def test_model_that_fails_to_load_rolls_back_to_the_previous(make_driver):
     assert err.code == "model_load_failed"
     assert "ethos-u" in err.detail["interpreter_message"]
     assert err.detail["rollback"]["verified"] is True
-    assert err.detail["rollback"]["previous"] == good.model_sha256
+    assert err.detail["rollback"]["running_sha256"] == good.model_sha256
+    assert err.detail["rollback"]["attempted"] is True
     assert serving(drv, good.model_sha256)
 
 
@@ -99,7 +100,9 @@ def test_first_install_failing_leaves_nothing_running(make_driver):
     with pytest.raises(DeviceError, match="model_load_failed") as info:
         drv.install(InstallRequest(model=model("audio_preprocessor_int8.tflite")),
                     Deadline(60))
-    assert info.value.detail["rollback"] == {"previous": None, "restarted": False}
+    rollback = info.value.detail["rollback"]
+    assert (rollback["needed"], rollback["attempted"], rollback["verified"],
+            rollback["running_sha256"]) == (True, False, False, None)
     assert drv.runner_status(Deadline(10))["state"] == "stopped"
 
 
@@ -417,9 +420,14 @@ def test_bad_requests_are_refused_before_connecting(make_driver):
     with pytest.raises(InputError) as info:
         drv.install(InstallRequest(model=b"\x00" * 100), Deadline(10))
     assert info.value.code.startswith("model_")
-    with pytest.raises(InputError, match="bad_request"):
+    # the one validation of input vectors (hal.vectors), the same code and limit as a Nano's
+    with pytest.raises(InputError, match="bad_option"):
         drv.install(sine_request().__class__(model=model("sine_int8.tflite"),
                                              input_vectors=((1.0, 2.0),)), Deadline(10))
+    with pytest.raises(InputError, match="exceed 256") as info:
+        drv.install(InstallRequest(model=model("sine_int8.tflite"),
+                                   input_vectors=((0.5,),) * 257), Deadline(10))
+    assert info.value.detail["limit"] == 256
     with pytest.raises(InputError, match="bad_option"):
         drv.install(InstallRequest(model=model("sine_int8.tflite"),
                                    input_source="file:relative; rm -rf ~"), Deadline(10))
