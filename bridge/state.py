@@ -9,6 +9,7 @@ A lock file makes sure only one bridge uses a state directory at a time.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -192,9 +193,10 @@ class StateStore:
             self._db.close()
         self._release_lock()
 
-    def _write(self, sql: str, params: tuple, after: Any = None) -> None:
+    def _write(self, sql: str, params: tuple, after: Any = None, *, final: bool = True) -> None:
         """One write (with the lock held by the caller), classified on failure; a full disk
-        gives up the reserve and tries once more."""
+        gives up the reserve and tries once more -- only for a ``final`` record (a job's end,
+        a verified model), so progress updates cannot use up the room the outcome needs."""
         self._check_replaced()
         for attempt in (1, 2):
             try:
@@ -205,7 +207,8 @@ class StateStore:
                 return
             except sqlite3.Error as exc:
                 error = state_error(exc, self.path, "write")
-            if attempt == 1 and error.code == "disk_full" and self._release_reserve():
+            if attempt == 1 and final and error.code == "disk_full" and \
+                    self._release_reserve():
                 continue
             self.last_error = error
             raise error
@@ -261,7 +264,19 @@ class StateStore:
                             state)
         return [r[0] for r in rows]
 
+    def _check_room(self) -> None:
+        """Refuse a new job while the state directory's file system is full (less than the
+        reserve left): it could record neither its steps nor, reliably, its outcome."""
+        try:
+            stat = os.statvfs(self.state_dir)
+        except OSError:
+            return
+        if stat.f_bavail * stat.f_frsize < RESERVE_BYTES:
+            raise storage_error(OSError(errno.ENOSPC, "no space left"), self.path)
+
     def insert_job(self, job: dict[str, Any]) -> None:
+        """Record a new job; ``disk_full`` when the state directory has no room for it."""
+        self._check_room()
         with self._lock:
             self._write(
                 "INSERT INTO jobs (id, device_id, state, created_at, started_at, finished_at,"
@@ -270,7 +285,7 @@ class StateStore:
                  job["started_at"], job["finished_at"], job["model_sha256"],
                  json.dumps(job["steps"]), _dump(job["report"]), _dump(job["error"]),
                  self._seq + 1),
-                after=self._prune_next,
+                after=self._prune_next, final=False,
             )
 
     def update_job(self, job: dict[str, Any]) -> None:
@@ -280,6 +295,7 @@ class StateStore:
                 "error=? WHERE id=?",
                 (job["state"], job["started_at"], job["finished_at"], json.dumps(job["steps"]),
                  _dump(job["report"]), _dump(job["error"]), job["id"]),
+                final=job["state"] in FINAL_STATES,
             )
 
     def _read(self, sql: str, params: tuple) -> list[tuple]:
