@@ -59,6 +59,7 @@ from hal.arduino.cli import (
     VerifiedStore,
     result_from_record,
 )
+from hal.arduino.libraries import library_checks
 from hal.arduino.serial_link import PortLink
 from hal.boards import BoardProfile, fit_check, get_profile
 from hal.deadline import Deadline
@@ -283,17 +284,8 @@ class Nano33BleDriver(Driver):
             except HalError as exc:
                 checks.append({"check": "core", "ok": False, "message": exc.message,
                                "fix": f"arduino-cli core install {core}"})
-            try:
-                libs = cli.lib_list(Deadline(20.0, what="arduino-cli lib list"))
-                name = next((n for n in libs if "tensorflowlite" in n.lower()), None)
-                checks.append({"check": "tflm_library", "ok": name is not None,
-                               "message": f"{name} {libs.get(name, '')}" if name
-                               else "no TensorFlow Lite Micro library installed",
-                               "fix": "" if name else "install the library named in "
-                               "firmware_templates/nano33ble/README.md"})
-            except HalError as exc:
-                checks.append({"check": "tflm_library", "ok": False, "message": exc.message,
-                               "fix": ""})
+            # the libraries' APIs, read from their headers (version strings lie: issue 11)
+            checks += library_checks(cli, Deadline(20.0, what="arduino-cli lib list"))
         if os.geteuid() != 0:
             import grp
 
@@ -379,7 +371,9 @@ class Nano33BleDriver(Driver):
             info.update(sha256=report.sha256, size_bytes=report.size_bytes,
                         ops=list(report.ops), arena_estimate_bytes=report.arena_estimate_bytes)
         with steps.step(STEP_FIT) as info:
-            fit = fit_check(report, profile, request.arena_bytes)
+            fit = fit_check(report, profile, request.arena_bytes,
+                            vectors=len(request.input_vectors), labels=request.labels,
+                            camera=request.input_source == "camera")
             info.update(fit.to_dict())
             fit.raise_if_not_fit()
         arena = fit.arena_bytes
