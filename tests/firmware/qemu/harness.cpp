@@ -12,6 +12,9 @@
 
 #include "tensorflow/lite/micro/micro_interpreter.h"
 #include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
+#ifdef HARNESS_RECORD
+#include "tensorflow/lite/micro/recording_micro_allocator.h"
+#endif
 #include "tensorflow/lite/schema/schema_generated.h"
 
 #include "model_config.h"
@@ -23,6 +26,7 @@
 #define HARNESS_CALIBRATION_LOOPS 1000000u  // 2 instructions each: subs + bne
 
 extern "C" void harness_ticks_start(void);
+extern "C" void _exit(int);
 extern "C" uint64_t harness_ticks(void);
 
 // The library's DebugLog (system_setup.cpp) prints to the Arduino Serial: ours goes to
@@ -106,6 +110,7 @@ extern "C" int harness_main(void) {
     ticks = harness_ticks();
   }
   const uint64_t cal = calibration_ticks();
+
   printf("{\"sha\":\"%s\",\"arena_compiled\":%u,\"compiled_ok\":%s,\"used_at_compiled\":%u,"
          "\"min_arena\":%u,\"used_at_min\":%u,\"inferences\":%d,\"invoke_ok\":%s,"
          "\"ticks\":%llu,\"calibration_instructions\":%u,\"calibration_ticks\":%llu,"
@@ -115,5 +120,16 @@ extern "C" int harness_main(void) {
          invoke_ok ? "true" : "false", (unsigned long long)ticks,
          2u * HARNESS_CALIBRATION_LOOPS, (unsigned long long)cal, (unsigned)sizeof(void*));
   fflush(stdout);
+#ifdef HARNESS_RECORD
+  {  // the allocation breakdown by type, on stderr (for fitting the 32-bit estimate)
+    tflite::RecordingMicroAllocator* rec =
+        tflite::RecordingMicroAllocator::Create(g_arena, HARNESS_MAX_ARENA);
+    tflite::MicroInterpreter recorded(model, g_resolver, rec);
+    if (recorded.AllocateTensors() == kTfLiteOk) rec->PrintAllocations();
+    fflush(stdout);
+    fflush(stderr);
+    _exit(0);  // the interpreters above share the overwritten arena: no destructors
+  }
+#endif
   return 0;
 }

@@ -87,7 +87,7 @@ def library_objects(link_command: list[str]) -> list[str]:
 
 
 def build(sketch_dir: Path, out_dir: Path, objects: list[str], tflm_src: Path,
-          inferences: int = 2) -> Path:
+          inferences: int = 2, record: bool = False) -> Path:
     """Compile the harness against the rendered sketch and link it with ``objects``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     inc = ["-I", str(sketch_dir), "-I", str(tflm_src),
@@ -98,7 +98,8 @@ def build(sketch_dir: Path, out_dir: Path, objects: list[str], tflm_src: Path,
     _sh(["arm-none-eabi-gcc", *COMMON, "-c", str(HERE / "startup.c"), "-o", str(startup)],
         "compile startup.c")
     harness = out_dir / "harness.o"
-    _sh(["arm-none-eabi-g++", *COMMON, *CXX, f"-DHARNESS_INFERENCES={inferences}", *inc,
+    _sh(["arm-none-eabi-g++", *COMMON, *CXX, f"-DHARNESS_INFERENCES={inferences}",
+         *(["-DHARNESS_RECORD"] if record else []), *inc,
          "-c", str(HERE / "harness.cpp"), "-o", str(harness)], "compile harness.cpp")
     model = out_dir / "model_data.o"
     _sh(["arm-none-eabi-g++", *COMMON, *CXX, *inc, "-c", str(sketch_dir / "model_data.cpp"),
