@@ -69,6 +69,7 @@ class SizeModel:
     sketch_ram: int
     op_flash: dict[str, int]  # one registered op's kernel code
     op_flash_default: int  # an op not measured (the largest measured, rounded up)
+    op_shared_flash: int  # kernel helpers each op beyond the first shares with the others
     model_align: int  # the model array is alignas(16)
     camera_flash: int  # Arduino_OV767X + the camera code of the template
     camera_ram: int  # the 176x144 frame + the library's statics (pixel table separate)
@@ -99,7 +100,8 @@ class SizeModel:
         flash = {
             "empty_sketch": self.empty_sketch_flash,
             "sketch_and_tflm": self.sketch_flash,
-            "ops": sum(self.op_flash.get(op, self.op_flash_default) for op in set(ops)),
+            "ops": sum(self.op_flash.get(op, self.op_flash_default) for op in set(ops))
+            - self.op_shared_flash * max(0, len(set(ops)) - 1),
             "model": (model_bytes + a - 1) // a * a,
             "vectors": vector_bytes,
             "labels": label_bytes,
