@@ -70,6 +70,7 @@ class SizeModel:
     op_flash: dict[str, int]  # one registered op's kernel code
     op_flash_default: int  # an op not measured (the largest measured, rounded up)
     op_shared_flash: int  # kernel helpers each op beyond the first shares with the others
+    op_ram: int  # the op resolver's static table, per op beyond the first
     model_align: int  # the model array is alignas(16)
     camera_flash: int  # Arduino_OV767X + the camera code of the template
     camera_ram: int  # the 176x144 frame + the library's statics (pixel table separate)
@@ -113,6 +114,7 @@ class SizeModel:
             "empty_sketch": self.empty_sketch_ram,
             "sketch_and_tflm": self.sketch_ram,
             "arena": (arena_bytes + b - 1) // b * b,
+            "ops": self.op_ram * max(0, len(set(ops)) - 1),
             "camera": self.camera_ram + table if camera else 0,
         }
         return SizePrediction(
