@@ -147,8 +147,7 @@ def library_checks(cli: Any, deadline: Deadline) -> list[dict[str, Any]]:
     ov = [lib for lib in libs if lib.name.lower() == OV767X_NAME.lower()]
     if not ov:
         checks.append({"check": "ov767x_library", "ok": True,
-                       "message": "not installed (needed only for the camera input)",
-                       "fix": OV767X_FIX})
+                       "message": "not installed; " + OV767X_FIX, "fix": ""})
     else:
         lib = ov[0]
         ok, why = ov767x_api(lib.install_dir)

@@ -16,8 +16,10 @@ fail with ``ENOTTY`` and packet mode (``TIOCPKT``) reports only flow control, an
 pty pairs emulate no modem lines either. So on a pty the line is emulated through the one
 state both ends share, the terminal attributes: the host sets the unused control character
 ``VSWTC`` (Linux ignores it) to :data:`DTR_MARK`, and the virtual board reads it from its
-master side (:func:`emulated_dtr`). It is cleared when the host closes (and by the board when
-it sees the hang-up), as closing a real port drops DTR.
+master side (:func:`emulated_dtr`) while the port is open. :meth:`PortLink.close` clears it,
+as closing a real port drops DTR; only the host does (a board clearing it when it sees a
+hang-up could erase the mark of a host that opened in between). A host killed while holding
+the port leaves the mark set until the next close or re-enumeration.
 """
 
 from __future__ import annotations
@@ -90,12 +92,6 @@ def emulated_dtr(fd: int) -> bool:
         return termios.tcgetattr(fd)[6][DTR_CC] == DTR_MARK
     except termios.error:
         return False
-
-
-def clear_emulated_dtr(fd: int) -> None:
-    """Forget an emulated DTR left by a host that hung up without closing cleanly."""
-    with contextlib.suppress(OSError, termios.error):
-        _set_emulated_dtr(fd, False)
 
 
 def _permission_error(device: str, why: str) -> DeviceError:

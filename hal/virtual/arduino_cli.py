@@ -18,11 +18,18 @@ list).
   image with the bootloader protocol of :mod:`hal.virtual.board` while printing bossac-like
   progress, waiting for the sketch port and printing ``New upload port: X (serial)`` and the
   JSON with ``updated_upload_port``. It only uploads to virtual boards.
-* ``board list``, ``core list``, ``lib list``, ``version``: for discovery checks and doctor.
+* ``board list``, ``core list``, ``lib list``, ``version``: for discovery checks and doctor
+  (core 4.6.0, Arduino_TensorFlowLite 2.4.0-ALPHA, Arduino_OV767X 0.0.2: what
+  ``firmware_templates/nano33ble/README.md`` names).
+* a bootloader that answers but refuses (an image bigger than the flash) ends like bossac:
+  ``SAM-BA operation failed: bootloader refused ...``, not "No device found".
 
 Environment knobs (all optional): ``TINYML_VIRTUAL_PORTS`` (the virtual-ports directory),
 ``..._COMPILE_DELAY_S`` (simulated compile time), ``..._UPLOAD_KBPS`` (throttle the flash
 write, like bossac's ~25 KB/s), ``..._EXTRA_FLASH`` / ``..._EXTRA_RAM`` (a heavier core),
+``..._LIBRARIES`` (a folder of library folders ``lib list`` reports, with their
+``library.properties``; default: the versions the template README names, installed as the
+template's declaration headers),
 ``..._SIZER=1`` (fail with the sizer's "section exceeds available space" instead of the linker),
 ``..._NO_UPDATED_PORT=1`` (omit ``updated_upload_port``, issue 2287), ``..._COUNT_FILE`` (append
 one line per compile run: lets tests count compiles), ``..._MISBEHAVE`` (``garbage_json``,

@@ -61,7 +61,7 @@ import tty
 import zlib
 from pathlib import Path
 
-from hal.arduino.serial_link import clear_emulated_dtr, emulated_dtr
+from hal.arduino.serial_link import emulated_dtr
 from hal.boards import get_profile
 from hal.virtual import image as image_mod
 from hal.virtual import mcu as mcu_mod
@@ -238,12 +238,9 @@ class _Port:
 
     def dtr(self) -> bool:
         """The host has the port open and asserts DTR (emulated on a pty: see
-        :mod:`hal.arduino.serial_link`). A hang-up clears a mark left behind."""
-        if not self.host_connected():
-            if emulated_dtr(self.master):
-                clear_emulated_dtr(self.master)
-            return False
-        return emulated_dtr(self.master)
+        :mod:`hal.arduino.serial_link`). Only the host clears the mark (on close): were the
+        board to clear it on a hang-up, a host opening in between would lose its DTR."""
+        return self.host_connected() and emulated_dtr(self.master)
 
     def touched(self) -> bool:
         try:
