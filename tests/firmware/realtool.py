@@ -34,6 +34,35 @@ def cache_dir() -> Path:
     return Path(text) if text else Path.home() / ".cache" / "tinyml-realbuild"
 
 
+def source_tree() -> Path:
+    """The pruned tree to build from. realbuild copies its components into the cache with
+    their modes and then writes into the copies; the tree in shared/ is read-only, so for a
+    user other than root (whom modes do not stop) a writable copy of it is made once."""
+    if os.geteuid() == 0:
+        return TOOLCHAIN
+    import hashlib
+
+    dest = cache_dir() / "tree"
+    sums = TOOLCHAIN / "SHA256SUMS"
+    key = hashlib.sha1(sums.read_bytes() if sums.exists() else b"").hexdigest()
+    stamp = dest / ".copied-from"
+    if stamp.exists() and stamp.read_text() == key:
+        return dest
+    if dest.exists():
+        for root, dirs, _files in os.walk(dest):
+            for d in dirs:
+                os.chmod(Path(root) / d, 0o755)
+        shutil.rmtree(dest)
+    shutil.copytree(TOOLCHAIN, dest, symlinks=True)
+    for root, dirs, files in os.walk(dest):
+        for name in dirs + files:
+            path = Path(root) / name
+            if not path.is_symlink():
+                os.chmod(path, path.stat().st_mode | 0o200)
+    stamp.write_text(key)
+    return dest
+
+
 def missing() -> str:
     """Why the real toolchain cannot run here ("" when it can)."""
     if not REALBUILD.is_file():
@@ -51,7 +80,8 @@ def realbuild(sketch_dir: Path, *, sketch_only: bool = False, werror: bool = Fal
     ``output`` (realbuild's report)."""
     with tempfile.TemporaryDirectory(prefix="realbuild-json-") as tmp:
         out = Path(tmp) / "result.json"
-        argv = [sys.executable, str(REALBUILD), str(sketch_dir), "--src", str(TOOLCHAIN),
+        tree = source_tree()
+        argv = [sys.executable, str(tree / REALBUILD.name), str(sketch_dir), "--src", str(tree),
                 "--cache", str(cache_dir()), "--json", str(out),
                 "-j", str(jobs or os.cpu_count() or 2)]
         if sketch_only:
