@@ -140,3 +140,19 @@ def test_camera_ram_is_counted_by_the_fit_check():
     assert camera.ram_needed_bytes - plain.ram_needed_bytes == frame_and_table
     assert frame_and_table >= 176 * 144 + 256
     assert camera.flash_needed_bytes - plain.flash_needed_bytes == NANO.sizes.camera_flash
+
+
+def test_the_image_stores_vectors_as_the_sketch_does_and_rejects_bad_lengths():
+    vectors = (b"\x01\x02\x03", b"\x04\x05\x06")
+    blob = image.pack(b"model", {"config": {}}, total_bytes=400, vectors=vectors)
+    assert len(blob) == 400 and image.unpack(blob).vectors == vectors
+    with pytest.raises(ValueError):  # never longer than the build it stands for
+        image.pack(b"model", {"config": {}}, total_bytes=20, vectors=vectors)
+    with pytest.raises(ValueError):
+        image.pack(b"model", {}, vectors=(b"ab", b"abc"))
+    bad = blob.replace(b'"vector_count":2', b'"vector_count":4')
+    with pytest.raises(image.ImageError):
+        image.unpack(bad)
+    huge = blob.replace(b'"vectors_len":6', b'"vectors_len":9999999')
+    with pytest.raises(image.ImageError):
+        image.unpack(huge)
