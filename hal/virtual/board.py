@@ -447,6 +447,9 @@ class VirtualBoard:
         # real board, a host that keeps the port open without reading stalls loop().
         backlog = b""
         stalled = False
+        # The sketch waits for the host only in setup(): once DTR has been up, or the wait
+        # timed out, lines written while DTR is low are dropped.
+        seen_dtr = False
         try:
             while not self._should_stop():
                 if port.touched():
@@ -457,7 +460,9 @@ class VirtualBoard:
                     mcu = self._boot_mcu()
                     out_fd = mcu.fd if mcu else None
                     booted = time.monotonic()
+                    seen_dtr = False
                 dtr = port.dtr()
+                seen_dtr = seen_dtr or (dtr and mcu is not None)
                 if not dtr and backlog:
                     backlog = b""  # DTR dropped: USBSerial discards what it could not send
                 if held and dtr:
@@ -501,7 +506,7 @@ class VirtualBoard:
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 dtr = port.dtr()
-                waiting = time.monotonic() - booted < self.host_wait_s
+                waiting = not seen_dtr and time.monotonic() - booted < self.host_wait_s
                 for line in lines:
                     data = line + b"\n"
                     if not dtr:
