@@ -12,8 +12,12 @@ extras="${1:-dev}"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # openssh-server: the Raspberry Pi tests' real sshd; postgresql: the backend's second database;
-# g++: syntax check of the rendered Arduino sketch; socat: named pty pairs for serial tests.
-apt_packages=(openssh-server openssh-client postgresql g++ socat)
+# g++: syntax check of the rendered Arduino sketch; socat: named pty pairs for serial tests;
+# gcc-arm-none-eabi, libnewlib-arm-none-eabi, libstdc++-arm-none-eabi-newlib: the sketch
+# compiled for Cortex-M4 against the real sources (../shared/toolchains/nano33ble);
+# qemu-system-arm: the 32-bit arena harness (mps2-an386).
+apt_packages=(openssh-server openssh-client postgresql g++ socat gcc-arm-none-eabi
+              libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm)
 python3 -m venv --help >/dev/null 2>&1 || apt_packages+=(python3-venv)
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -277,9 +277,11 @@ def render_sections(sections: list[dict[str, Any]], strict: bool) -> str:
 @click.command(
     epilog=CONNECTION_HELP,
     help="""Check that a bridge can install and observe: the bridge answers and accepts the
-token, each driver's host tools (arduino-cli found, mbed_nano core and TFLM library
-installed, the user in dialout...) and each device (port readable, Pi reachable with its
-runtime). Every failed check comes with a fix.
+token, each driver's host tools (arduino-cli found, mbed_nano core installed, the TFLM and
+OV767X libraries checked by their API -- the installed headers must declare what the sketch
+calls, since their version strings do not change -- the user in dialout...) and each device
+(port readable, Pi reachable with its runtime). Every failed check comes with a fix that says
+exactly what to install.
 
 With --local (on the bridge machine, with the bridge's --config; the default when --config
 is given) the checks also run here, directly through the drivers: each driver's host tools,

@@ -415,6 +415,11 @@ def classify_upload_failure(result: UploadResult, returncode: int) -> HalError:
         return InfraError(
             "tool_failed", f"arduino-cli upload exited with status {returncode}", **detail
         )
+    m = re.search(r"SAM-BA operation failed: ([^\n]+)", text)
+    if m and "No device found" not in text:  # the bootloader answered, then refused
+        return DeviceError("upload_failed", f"the board's bootloader refused the upload: "
+                           f"{m.group(1).strip()[:300]}", bootloader=m.group(1).strip()[:300],
+                           **detail)
     m = re.search(r"No device found on (\S+)", text)
     if m:
         return DeviceError(

@@ -249,7 +249,9 @@ class Nano33BleDriver(Driver):
 
     def _fit(self, ctx: InstallContext) -> None:
         with ctx.steps.step(STEP_FIT) as info:
-            fit = fit_check(ctx.data["report"], self.profile, ctx.request.arena_bytes)
+            fit = fit_check(ctx.data["report"], self.profile, ctx.request.arena_bytes,
+                            vectors=len(ctx.request.input_vectors), labels=ctx.request.labels,
+                            camera=ctx.request.input_source == "camera")
             info.update(fit.to_dict())
             fit.raise_if_not_fit()
         ctx.data["fit"], ctx.arena_bytes = fit, fit.arena_bytes

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from hal.arduino.cli import PERMISSION_FIX, ArduinoCli
+from hal.arduino.libraries import library_checks
 from hal.deadline import Deadline
 from hal.errors import HalError
 
@@ -55,17 +56,8 @@ def run_tool_checks(command: str | list[str], env: dict[str, str]) -> dict[str, 
         except HalError as exc:
             checks.append({"check": "core", "ok": False, "message": exc.message,
                            "fix": f"arduino-cli core install {core}"})
-        try:
-            libs = cli.lib_list(Deadline(20.0, what="arduino-cli lib list"))
-            name = next((n for n in libs if "tensorflowlite" in n.lower()), None)
-            checks.append({"check": "tflm_library", "ok": name is not None,
-                           "message": f"{name} {libs.get(name, '')}" if name
-                           else "no TensorFlow Lite Micro library installed",
-                           "fix": "" if name else "install the library named in "
-                           "firmware_templates/nano33ble/README.md"})
-        except HalError as exc:
-            checks.append({"check": "tflm_library", "ok": False, "message": exc.message,
-                           "fix": ""})
+        # the libraries' APIs, read from their headers (version strings lie: issue 11)
+        checks += library_checks(cli, Deadline(20.0, what="arduino-cli lib list"))
     if os.geteuid() != 0:
         import grp
 

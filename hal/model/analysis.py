@@ -423,6 +423,7 @@ def analyze(
         int8=parsed.int8,
         arena_estimate_bytes=arena.total,
         activation_bytes=arena.head,
+        arena_estimate_mcu_bytes=estimate(parsed.graph, "cortex-m").total,
         warnings=tuple(warnings),
     )
     log.debug(

@@ -2,10 +2,10 @@
 
 TFLM splits its arena into a *head* (the planned activation memory, reused between tensors
 whose lifetimes do not overlap) and a *tail* (persistent interpreter structures). The estimate
-is ``head + tail``, both for the 64-bit host build with reference kernels -- the figures the
-``tflite-micro`` package reports and the README of tests/data/tflm-examples lists. A 32-bit
-Cortex-M build has smaller pointers but CMSIS-NN may add scratch; the board profile's
-``arena_margin`` covers that difference.
+is ``head + tail``, for the 64-bit host build with reference kernels -- the figures the
+``tflite-micro`` package reports and the README of tests/data/tflm-examples lists -- and, with
+``target="cortex-m"``, for the Nano 33 BLE's 32-bit build (smaller structures, CMSIS-NN op
+data; measured under QEMU, see :data:`CORTEX_M`). The head is the same on both.
 
 Head (:func:`plan_activations`)
     Every non-constant tensor (its buffer holds no data, it is not a variable) gets a
@@ -274,26 +274,58 @@ def plan_activations(graph: Graph) -> int:
     return head
 
 
-def interpreter_tail(graph: Graph) -> dict[str, int]:
-    """The tail's parts (see the module docstring), by name."""
+@dataclass(frozen=True)
+class TailSizes:
+    """Per-structure byte counts of one TFLM build (see the module docstring)."""
+
+    fixed: int
+    eval_tensor: int
+    io_tensor: int
+    io_quant: int
+    io_pointer: int
+    node: int
+    kernel_align: int  # persistent buffers are rounded up to this
+    per_channel_ops: frozenset[str]  # ops whose multiplier/shift arrays are always kept
+    per_channel_if_quantized: frozenset[str]
+
+
+# The 64-bit host build with reference kernels (the tflite-micro package).
+HOST = TailSizes(TAIL_FIXED, EVAL_TENSOR_BYTES, IO_TENSOR_BYTES, IO_QUANT_BYTES,
+                 IO_POINTER_BYTES, NODE_BYTES, ALIGN, ALWAYS_PER_CHANNEL_OPS,
+                 PER_CHANNEL_IF_QUANTIZED_OPS)
+# The Nano 33 BLE build: 32-bit Cortex-M4, the Arduino library @7948b85 with CMSIS-NN kernels
+# and without TF_LITE_STATIC_MEMORY. Measured with RecordingMicroAllocator under QEMU
+# (tests/firmware/qemu, HARNESS_RECORD) on every example and sample model: TfLiteEvalTensor
+# 12 B, persistent TfLiteTensor 64 B, quantisation 20 B per quantised I/O tensor,
+# NodeAndRegistration 44 B, op data unpadded, no per-channel arrays for fully connected
+# (CMSIS-NN quantises it per tensor); the fixed part covers the allocator, graph and the
+# remaining builtin-options difference. Error per model: BENCHMARKS.md (32-bit arena table).
+CORTEX_M = TailSizes(40, 12, 64, 20, 4, 44, 8, ALWAYS_PER_CHANNEL_OPS, frozenset())
+TARGETS = {"host": HOST, "cortex-m": CORTEX_M}
+
+
+def interpreter_tail(graph: Graph, target: str = "host") -> dict[str, int]:
+    """The tail's parts (see the module docstring), by name, for ``target`` ("host": the
+    64-bit tflite-micro package; "cortex-m": the Nano 33 BLE's 32-bit build)."""
+    t = TARGETS[target]
     kernel = builtin = per_channel = 0
     for op in graph.ops:
-        kernel += align(KERNEL_DATA.get(op.name, DEFAULT_KERNEL_BYTES))
+        kernel += align(KERNEL_DATA.get(op.name, DEFAULT_KERNEL_BYTES), t.kernel_align)
         builtin += BUILTIN_DATA.get(op.name, DEFAULT_BUILTIN_BYTES)
         if op.out_channels > 0 and (
-            op.name in ALWAYS_PER_CHANNEL_OPS
-            or (op.name in PER_CHANNEL_IF_QUANTIZED_OPS and op.filter_scales > 1)
+            op.name in t.per_channel_ops
+            or (op.name in t.per_channel_if_quantized and op.filter_scales > 1)
         ):
             per_channel += 2 * align(4 * op.out_channels)
-    variables = sum(align(t.nbytes) for t in graph.tensors if t.variable)
+    variables = sum(align(x.nbytes) for x in graph.tensors if x.variable)
     return {
-        "fixed": TAIL_FIXED,
-        "eval_tensors": EVAL_TENSOR_BYTES * len(graph.tensors),
-        "io_tensors": IO_TENSOR_BYTES * (len(graph.inputs) + len(graph.outputs)),
-        "io_quantization": IO_QUANT_BYTES * graph.quantized_io,
-        "io_pointers": align(IO_POINTER_BYTES * len(graph.inputs))
-        + align(IO_POINTER_BYTES * len(graph.outputs)),
-        "nodes": NODE_BYTES * len(graph.ops),
+        "fixed": t.fixed,
+        "eval_tensors": t.eval_tensor * len(graph.tensors),
+        "io_tensors": t.io_tensor * (len(graph.inputs) + len(graph.outputs)),
+        "io_quantization": t.io_quant * graph.quantized_io,
+        "io_pointers": align(t.io_pointer * len(graph.inputs))
+        + align(t.io_pointer * len(graph.outputs)),
+        "nodes": t.node * len(graph.ops),
         "kernel_data": kernel,
         "builtin_options": align(builtin),
         "per_channel": per_channel,
@@ -301,8 +333,8 @@ def interpreter_tail(graph: Graph) -> dict[str, int]:
     }
 
 
-def estimate(graph: Graph) -> ArenaEstimate:
-    """Head plus tail for ``graph``: see the module docstring for the formula."""
+def estimate(graph: Graph, target: str = "host") -> ArenaEstimate:
+    """Head plus tail for ``graph`` on ``target``: see the module docstring."""
     head = plan_activations(graph)
-    parts = interpreter_tail(graph)
+    parts = interpreter_tail(graph, target)
     return ArenaEstimate(head=head, tail=sum(parts.values()), breakdown={"head": head, **parts})

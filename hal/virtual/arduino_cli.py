@@ -8,20 +8,28 @@ list).
 
 * ``compile``: reads the rendered sketch with :func:`hal.virtual.sketch_reader.read_sketch` (a
   malformed sketch fails like a compiler error), writes the firmware image
-  ``<build-path>/tinyml_sketch.ino.bin`` (:mod:`hal.virtual.image`), and reports section sizes
-  from a toolchain model: core + TFLM library + per-op kernels + model + vectors for ``text``,
-  core + library statics + arena for ``data``. A build that does not fit fails at link time like
-  the real Nano 33 BLE build ("region `RAM' overflowed by N bytes", exit 1).
+  ``<build-path>/tinyml_sketch.ino.bin`` (:mod:`hal.virtual.image`), and reports the section
+  sizes of the board profile's size model (:class:`hal.boards.SizeModel`, measured parts of
+  real Cortex-M4 links plus the published mbed OS share) -- exactly what the fit check
+  predicted. A build that does not fit fails at link time like the real Nano 33 BLE build
+  ("region `RAM' overflowed by N bytes", exit 1).
 * ``upload``: the real sequence -- a 1200-bps touch on the port, waiting for the bootloader to
   enumerate (same USB serial number, found through the virtual-ports directory), streaming the
   image with the bootloader protocol of :mod:`hal.virtual.board` while printing bossac-like
   progress, waiting for the sketch port and printing ``New upload port: X (serial)`` and the
   JSON with ``updated_upload_port``. It only uploads to virtual boards.
-* ``board list``, ``core list``, ``lib list``, ``version``: for discovery checks and doctor.
+* ``board list``, ``core list``, ``lib list``, ``version``: for discovery checks and doctor
+  (core 4.6.0, Arduino_TensorFlowLite 2.4.0-ALPHA, Arduino_OV767X 0.0.2: what
+  ``firmware_templates/nano33ble/README.md`` names).
+* a bootloader that answers but refuses (an image bigger than the flash) ends like bossac:
+  ``SAM-BA operation failed: bootloader refused ...``, not "No device found".
 
 Environment knobs (all optional): ``TINYML_VIRTUAL_PORTS`` (the virtual-ports directory),
 ``..._COMPILE_DELAY_S`` (simulated compile time), ``..._UPLOAD_KBPS`` (throttle the flash
 write, like bossac's ~25 KB/s), ``..._EXTRA_FLASH`` / ``..._EXTRA_RAM`` (a heavier core),
+``..._LIBRARIES`` (a folder of library folders ``lib list`` reports, with their
+``library.properties``; default: the versions the template README names, installed as the
+template's declaration headers),
 ``..._SIZER=1`` (fail with the sizer's "section exceeds available space" instead of the linker),
 ``..._NO_UPDATED_PORT=1`` (omit ``updated_upload_port``, issue 2287), ``..._COUNT_FILE`` (append
 one line per compile run: lets tests count compiles), ``..._MISBEHAVE`` (``garbage_json``,
@@ -44,22 +52,24 @@ from pathlib import Path
 ENV = "TINYML_FAKE_ARDUINO_CLI"
 VERSION_1X = "1.1.1"
 FQBNS = ("arduino:mbed_nano:nano33ble", "arduino:mbed:nano33ble")
-TEXT_MAX = 983040
+# Limits and sizes come from the board profile's size model (hal/boards.toml): the stand-in
+# prints what the fit check predicted, so what the fit check accepts links here and fits the
+# virtual board's flash, and what it refuses would fail here too.
+TEXT_MAX = 983040  # = hal/boards.toml nano33ble flash_bytes / ram_bytes (checked by tests)
 DATA_MAX = 262144
-# Toolchain model (bytes), in line with the reference's measured Nano 33 BLE builds: an empty
-# sketch is ~85 KB / ~44.5 KB; TFLM with a few kernels brings micro_speech to ~151 KB.
-CORE_FLASH = 85_328
-CORE_RAM = 44_560
-TFLM_FLASH = 46_000
-TFLM_RAM = 6_200
-FLASH_PER_OP = 1_800
 PAGE = 4096
 VID = 0x2341
 PIDS_SKETCH = (0x805A, 0x015A, 0x025A)  # as in hal/boards.toml
 PIDS_BOOT = (0x005A,)
 CHUNK = 4096
-LIBRARY = {"name": "Arduino_TensorFlowLite", "version": "1.15.0-ALPHA"}
-PLATFORM = {"id": "arduino:mbed_nano", "version": "4.1.5", "name": "Arduino Mbed OS Nano Boards"}
+# What firmware_templates/nano33ble/README.md names (and shared/toolchains/nano33ble builds):
+# the TFLM library's library.properties says 2.4.0-ALPHA at every commit, Arduino_OV767X's
+# main branch still says 0.0.2. Their "install_dir" is the template's declaration headers
+# (same signatures), so doctor's header checks run against the stand-in too;
+# ..._LIBRARIES=DIR lists the library folders in DIR instead (each with library.properties).
+LIBRARY = {"name": "Arduino_TensorFlowLite", "version": "2.4.0-ALPHA"}
+LIBRARIES = (LIBRARY, {"name": "Arduino_OV767X", "version": "0.0.2"})
+PLATFORM = {"id": "arduino:mbed_nano", "version": "4.6.0", "name": "Arduino Mbed OS Nano Boards"}
 
 
 def _env(name: str, default: str = "") -> str:
@@ -137,14 +147,19 @@ def cmd_version(args) -> int:
 
 
 def _sizes(config) -> tuple[int, int]:
-    from hal.arduino.sketch import MODEL_HEADER_TEXT
+    """text and data of the sketch: the board profile's size model (hal.boards.SizeModel),
+    the same prediction the fit check makes, plus the ..._EXTRA_* knobs."""
+    from hal.boards import get_profile, label_flash_bytes
 
-    labels = sum(len(x) + 5 for x in config.labels)
-    text = (CORE_FLASH + TFLM_FLASH + FLASH_PER_OP * len(config.ops) + len(config.model)
-            + config.vector_bytes + labels + len(MODEL_HEADER_TEXT) // 8
-            + int(_env("EXTRA_FLASH", "0") or 0))
-    data = CORE_RAM + TFLM_RAM + config.arena_bytes + int(_env("EXTRA_RAM", "0") or 0)
-    return text, data
+    model = get_profile(config.board if config.board else "nano33ble").sizes
+    if model is None:
+        model = get_profile("nano33ble").sizes
+    p = model.predict(model_bytes=len(config.model), ops=config.ops,
+                      arena_bytes=config.arena_bytes, vector_bytes=config.vector_bytes,
+                      label_bytes=label_flash_bytes(config.labels),
+                      camera=config.input_source == "camera", input_dtype=config.input_dtype)
+    return (p.text_bytes + int(_env("EXTRA_FLASH", "0") or 0),
+            p.data_bytes + int(_env("EXTRA_RAM", "0") or 0))
 
 
 def _size_lines(text: int, data: int) -> str:
@@ -249,12 +264,14 @@ def cmd_compile(args) -> int:
 
     from dataclasses import asdict
 
+    from hal.arduino.sketch import input_tensor_bytes
     from hal.virtual import image
 
-    header_cfg = {k: v for k, v in asdict(config).items() if k != "model"}
+    header_cfg = {k: v for k, v in asdict(config).items()
+                  if k not in ("model", "input_vectors")}
     blob = image.pack(config.model, {"config": header_cfg, "text_bytes": text,
                                      "data_bytes": data, "board": config.board},
-                      total_bytes=text + 8)
+                      total_bytes=text + 8, vectors=input_tensor_bytes(config))
     target = build_path / f"{SKETCH_NAME}.ino.bin"
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_bytes(blob)
@@ -264,7 +281,7 @@ def cmd_compile(args) -> int:
         out = banner
     _print_json(_compile_result(str(build_path), out, "", True, sections))
     if _misbehave() == "trailing_text":
-        sys.stdout.write("Used library Arduino_TensorFlowLite 1.15.0-ALPHA\n")
+        sys.stdout.write(f"Used library {LIBRARY['name']} {LIBRARY['version']}\n")
     return 0
 
 
@@ -366,9 +383,28 @@ def cmd_core_list(args) -> int:
     return 0
 
 
+def _libraries() -> list[dict]:
+    """The installed libraries with their install_dir (see LIBRARIES)."""
+    folder = _env("LIBRARIES")
+    if not folder:
+        from hal.arduino.sketch import HOST_HEADERS_DIR
+
+        return [{**lib, "install_dir": str(HOST_HEADERS_DIR)} for lib in LIBRARIES]
+    out = []
+    for path in sorted(Path(folder).iterdir()):
+        props = path / "library.properties"
+        if not props.is_file():
+            continue
+        info = dict(line.split("=", 1) for line in props.read_text(errors="replace")
+                    .splitlines() if "=" in line)
+        out.append({"name": info.get("name", path.name).strip(),
+                    "version": info.get("version", "").strip(), "install_dir": str(path)})
+    return out
+
+
 def cmd_lib_list(args) -> int:
-    lib = {"library": {**LIBRARY, "install_dir": "/stand-in/libraries/" + LIBRARY["name"]}}
-    _print_json({"installed_libraries": [lib]} if _is_1x() else [lib])
+    libs = [{"library": lib} for lib in _libraries()]
+    _print_json({"installed_libraries": libs} if _is_1x() else libs)
     return 0
 
 
@@ -477,10 +513,12 @@ def cmd_upload(args) -> int:
     started = time.monotonic()
     kbps = float(_env("UPLOAD_KBPS", "0") or 0)
     pages = (len(data) + PAGE - 1) // PAGE
+    answered = False  # the bootloader spoke: a later failure is its refusal, not "no device"
     try:
         link = _Boot(boot["device"])
         try:
             link.cmd("HELLO")
+            answered = True
             say("Erase flash")
             link.cmd(f"ERASE {len(data)}")
             say(f"\nDone in {time.monotonic() - started:.3f} seconds")
@@ -506,6 +544,10 @@ def cmd_upload(args) -> int:
         finally:
             link.close()
     except Exception as exc:  # the board vanished or refused: bossac's failure
+        if answered and "refused" in str(exc):
+            # bossac reports the bootloader's refusal itself (e.g. an image too big for flash)
+            say(f"\nSAM-BA operation failed: {exc}")
+            return _fatal("Failed uploading: uploading error: exit status 1", out="".join(out))
         say(f"\nSAM-BA operation failed: {exc}")
         return fail(f"No device found on {boot['device']}")
 

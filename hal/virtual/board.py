@@ -6,8 +6,13 @@ It behaves like the real board as the host sees it:
   port record in the virtual-ports directory (see :mod:`hal.arduino.discovery`); the flashed
   image runs in a child process (:mod:`hal.virtual.mcu`, the real TFLM interpreter), forked
   afresh from the board at every reset (the board imports the interpreter once). Like the
-  real sketch it waits up to ``--host-wait-s`` for the host to open the port before printing,
-  then prints whether or not anyone listens (lines without a listener are lost).
+  real sketch it waits up to ``--host-wait-s`` for the host to open the port and assert DTR
+  before printing, then prints whether or not anyone listens. As on the real core's
+  ``USBSerial``, lines written while DTR is low are dropped, and while the host holds the port
+  open with DTR up but does not read, the sketch's loop stops once the port's buffer is full
+  (the MCU's next write blocks) and goes on where it was when the host reads again; each such
+  stall is counted in ``<state-dir>/stalls``. A pty has no modem lines: DTR is emulated as
+  :mod:`hal.arduino.serial_link` describes.
 * **1200-bps touch**: opening the port at 1200 baud (the board polls the pty's termios for
   ``B1200``) makes it vanish -- the pty is closed, the record and symlink removed -- and
   re-appear as the **bootloader** (PID 0x005a) under another name.
@@ -56,6 +61,8 @@ import tty
 import zlib
 from pathlib import Path
 
+from hal.arduino.serial_link import emulated_dtr
+from hal.boards import get_profile
 from hal.virtual import image as image_mod
 from hal.virtual import mcu as mcu_mod
 
@@ -66,8 +73,11 @@ PID_SKETCH = 0x805A
 PID_BOOTLOADER = 0x005A
 FAULTS = ("never_boot", "old_model", "vanish_on_upload", "permission_denied", "garbage", "flood")
 FLASH_FILE = "flash.bin"
-# 1 MB flash minus the 64 KB bootloader: a bigger image is refused like bossac would.
-FLASH_BYTES = 983040 + 8
+STALLS_FILE = "stalls"
+# The board profile's flash (1 MB minus the 64 KB bootloader, what arduino-cli calls the
+# maximum) plus the 8 bytes bossac's .bin adds to "Sketch uses": the capacity the fit check
+# and the stand-in arduino-cli check against. A bigger image is refused like bossac would.
+FLASH_BYTES = (get_profile("nano33ble").flash_bytes or 0) + 8
 _MAX_CMD = 256
 _POLL_S = 0.02
 
@@ -226,6 +236,12 @@ class _Port:
         events = self._poll.poll(0)
         return not any(ev & select.POLLHUP for _, ev in events)
 
+    def dtr(self) -> bool:
+        """The host has the port open and asserts DTR (emulated on a pty: see
+        :mod:`hal.arduino.serial_link`). Only the host clears the mark (on close): were the
+        board to clear it on a hang-up, a host opening in between would lose its DTR."""
+        return self.host_connected() and emulated_dtr(self.master)
+
     def touched(self) -> bool:
         try:
             return termios.tcgetattr(self.master)[5] == termios.B1200
@@ -255,6 +271,15 @@ class _Port:
             raise
         # a partial write means the host is not keeping up; USB CDC would drop too
         return n == len(data)
+
+    def send(self, data: bytes) -> int:
+        """Write what the host's side can take now (0 when its buffer is full)."""
+        try:
+            return os.write(self.master, data)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EIO):
+                return 0
+            raise
 
     def write_all(self, data: bytes, timeout_s: float = 2.0) -> None:
         end = time.monotonic() + timeout_s
@@ -416,7 +441,15 @@ class VirtualBoard:
         out_fd: int | None = None
         booted = time.monotonic()
         pending = b""
-        held: list[bytes] = []  # lines printed before the host opened the port
+        held: list[bytes] = []  # lines printed before the host asserted DTR
+        # Bytes the sketch wrote that the host has not taken yet. While there are any the
+        # MCU's pipe is not read, so its next write blocks: like USBSerial::write on the
+        # real board, a host that keeps the port open without reading stalls loop().
+        backlog = b""
+        stalled = False
+        # The sketch waits for the host only in setup(): once DTR has been up, or the wait
+        # timed out, lines written while DTR is low are dropped.
+        seen_dtr = False
         try:
             while not self._should_stop():
                 if port.touched():
@@ -427,23 +460,34 @@ class VirtualBoard:
                     mcu = self._boot_mcu()
                     out_fd = mcu.fd if mcu else None
                     booted = time.monotonic()
-                connected = port.host_connected()
-                if held and connected:
-                    # The sketch was waiting for the host: it prints the moment the port is
-                    # opened, not with its next line (up to an inference period later).
-                    for h in held:
-                        port.write_all(h, 0.5)
+                    seen_dtr = False
+                dtr = port.dtr()
+                seen_dtr = seen_dtr or (dtr and mcu is not None)
+                if not dtr and backlog:
+                    backlog = b""  # DTR dropped: USBSerial discards what it could not send
+                if held and dtr:
+                    # The sketch was waiting for the host: it prints the moment DTR comes
+                    # up, not with its next line (up to an inference period later).
+                    backlog += b"".join(held)
                     held.clear()
+                if backlog:
+                    backlog = backlog[port.send(backlog):]
+                    if backlog and not stalled:
+                        stalled = True
+                        self._count_stall()
+                    elif not backlog:
+                        stalled = False
                 # A hung-up master (no host) always polls readable: watch it only while a
                 # host has the port open.
-                fds = [port.master] if connected else []
-                if out_fd is not None:
+                fds = [port.master] if port.host_connected() else []
+                if out_fd is not None and not backlog:
                     fds.append(out_fd)
                 if not fds:
                     time.sleep(_POLL_S)
                     continue
                 try:
-                    ready, _, _ = select.select(fds, [], [], _POLL_S)
+                    ready, _, _ = select.select(fds, [port.master] if backlog else [], [],
+                                                _POLL_S)
                 except InterruptedError:
                     continue
                 if port.master in ready:
@@ -461,23 +505,21 @@ class VirtualBoard:
                     continue
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
-                connected = port.host_connected()
-                waiting = time.monotonic() - booted < self.host_wait_s
+                dtr = port.dtr()
+                waiting = not seen_dtr and time.monotonic() - booted < self.host_wait_s
                 for line in lines:
                     data = line + b"\n"
-                    if not connected:
+                    if not dtr:
                         if waiting and len(held) < 64:
                             held.append(data)  # the sketch waits for the host for a while
-                        continue
-                    if held:
-                        for h in held:
-                            port.write_all(h, 0.5)
-                        held.clear()
-                    if self.fault == "garbage" and self._rng.random() < 0.5:
+                        continue  # else dropped: no DTR, no data (USBSerial)
+                    if backlog:
+                        backlog = backlog[port.send(backlog):]
+                    if self.fault == "garbage" and not backlog and self._rng.random() < 0.5:
                         for piece in self._garbage():
                             port.write(piece)
                             time.sleep(0.002)  # let the split sequence arrive in two reads
-                    port.write(data)
+                    backlog += data
         finally:
             if mcu is not None:
                 mcu.stop()
@@ -564,6 +606,18 @@ class VirtualBoard:
                     buf = b""
         finally:
             port.close()
+
+    def _count_stall(self) -> None:
+        """A stall began: the host holds the port open (DTR up) and does not read. Counted
+        in ``<state-dir>/stalls`` so tests can tell a host that never reads."""
+        path = self.state_dir / STALLS_FILE
+        try:
+            count = int(path.read_text() or 0) + 1
+        except (OSError, ValueError):
+            count = 1
+        _atomic_write(path, str(count).encode())
+        log.info("sn=%s loop stalled: the host has the port open but does not read (%d)",
+                 self.serial_number, count)
 
     def _flash(self, data: bytes) -> None:
         if self.fault == "old_model" and self.flash_path.exists():

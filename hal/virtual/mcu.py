@@ -118,8 +118,9 @@ def run(image_path: str, flood: bool = False) -> int:
 
     det = interp.get_input_details(0)
     shape = tuple(int(d) for d in det["shape"])
-    vectors = [np.frombuffer(b, dtype=det["dtype"]).reshape(shape)
-               for b in sketch.input_tensor_bytes(config)]
+    # the vectors as the sketch stores them (older images: real values in the config)
+    stored = img.vectors or sketch.input_tensor_bytes(config)
+    vectors = [np.frombuffer(b, dtype=det["dtype"]).reshape(shape) for b in stored]
     if not vectors:
         vectors = [np.zeros(shape, dtype=det["dtype"])]
     period = 0.0 if flood else config.inference_period_ms / 1000.0

@@ -124,8 +124,10 @@ def test_board_list_core_list_lib_list_in_each_format(tmp_path, fmt):
         assert [(p.serial_number, p.vid, p.pid) for p in listed] == [("SNLIST1", 0x2341,
                                                                        0x805A)]
         assert listed[0].boards[0][1] == FQBN
-        assert c.core_list(Deadline(20)) == {"arduino:mbed_nano": "4.1.5"}
-        assert "Arduino_TensorFlowLite" in c.lib_list(Deadline(20))
+        # the versions firmware_templates/nano33ble/README.md names
+        assert c.core_list(Deadline(20)) == {"arduino:mbed_nano": "4.6.0"}
+        assert c.lib_list(Deadline(20)) == {"Arduino_TensorFlowLite": "2.4.0-ALPHA",
+                                            "Arduino_OV767X": "0.0.2"}
         assert c.version(Deadline(20))
     finally:
         stop_board(board)

@@ -17,6 +17,7 @@ from hal.arduino.sketch import (
 from hal.model import ops as model_ops
 from hal.virtual.sketch_reader import read_sketch
 from tests.firmware.helpers import model_config, syntax_check, uint8_config
+from tests.firmware.variants import VARIANTS
 
 
 def _mtimes(d):
@@ -26,32 +27,11 @@ def _mtimes(d):
 # ------------------------------------------------------------------------- valid C++
 
 
-@pytest.mark.parametrize(
-    "variant",
-    [
-        "hello_int8_vectors",
-        "hello_float_vectors",
-        "hello_uint8_vectors",
-        "micro_speech_labels",
-        "person_vectors",
-        "person_camera",
-        "no_vectors",
-        "no_labels",
-    ],
-)
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_rendered_sketch_compiles_with_gxx(variant, sketch_dir):
-    config = {
-        "hello_int8_vectors": lambda: model_config("hello_world_int8"),
-        "hello_float_vectors": lambda: model_config("hello_world_float"),
-        "hello_uint8_vectors": uint8_config,
-        "micro_speech_labels": lambda: model_config(
-            "arduino_micro_speech", labels=("silence", "unknown", "yes", "no")),
-        "person_vectors": lambda: model_config("person_detect", vectors=1),
-        "person_camera": lambda: model_config("person_detect", source="camera"),
-        "no_vectors": lambda: model_config("arduino_micro_speech", vectors=0),
-        "no_labels": lambda: model_config("arduino_micro_speech", labels=()),
-    }[variant]()
-    assert render_sketch(config, sketch_dir) is True
+    """Every variant of tests/firmware/variants.py (the same table the Cortex-M4 build of
+    the firmware pass compiles) against the host declaration headers."""
+    assert render_sketch(VARIANTS[variant](), sketch_dir) is True
     syntax_check(sketch_dir)
 
 

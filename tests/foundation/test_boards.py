@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hal.boards import fit_check, get_profile, profiles
+from hal.boards import fit_check, get_profile, label_flash_bytes, profiles
 from hal.errors import FitError, InputError
 from hal.model.report import ModelReport
 
@@ -50,12 +50,39 @@ def test_small_model_fits_with_every_number():
     assert result.fits
     assert result.arena_bytes == nano.arena_for(1_504) >= 1_504
     assert result.arena_bytes % 16 == 0
-    assert result.flash_needed_bytes == nano.baseline_flash_bytes + 2_704
-    assert result.ram_needed_bytes == (
-        nano.baseline_ram_bytes + result.arena_bytes + nano.ram_reserve_bytes
-    )
+    predicted = nano.sizes.predict(model_bytes=2_704, ops=("FULLY_CONNECTED",),
+                                   arena_bytes=result.arena_bytes)
+    assert result.flash_needed_bytes == predicted.text_bytes
+    assert result.ram_needed_bytes == predicted.data_bytes + nano.ram_reserve_bytes
+    assert result.baseline_flash_bytes == predicted.text_bytes - 2_704
+    assert result.predicted["flash_parts"]["model"] == -(-2_704 // 16) * 16
     assert result.flash_margin_bytes == nano.flash_bytes - result.flash_needed_bytes
     result.raise_if_not_fit()  # no exception
+
+
+def test_size_model_is_the_sum_of_its_documented_parts():
+    sizes = get_profile("nano33ble").sizes
+    p = sizes.predict(model_bytes=1000, ops=("CONV_2D", "CONV_2D", "NOT_MEASURED"),
+                      arena_bytes=1001, vector_bytes=7, label_bytes=3, camera=True,
+                      input_dtype="float32")
+    assert p.text_bytes == (sizes.empty_sketch_flash + sizes.sketch_flash
+                            + sizes.op_flash["CONV_2D"] + sizes.op_flash_default
+                            - sizes.op_shared_flash  # two distinct ops: shared once
+                            + 1008 + 7 + 3 + sizes.camera_flash)
+    assert p.data_bytes == (sizes.empty_sketch_ram + sizes.sketch_ram + 1008
+                            + sizes.op_ram + sizes.camera_ram + 1024)
+    assert sum(p.flash_parts.values()) == p.text_bytes
+    assert sum(p.ram_parts.values()) == p.data_bytes
+    # the mbed OS share is the published empty sketch minus our mbed-less link of it
+    assert sizes.mbed_flash_bytes == sizes.empty_sketch_flash - sizes.mbedless_empty_flash > 0
+    assert sizes.mbed_ram_bytes == sizes.empty_sketch_ram - sizes.mbedless_empty_ram > 0
+
+
+def test_labels_are_counted_as_the_sketch_stores_them():
+    assert label_flash_bytes(()) == 0
+    assert label_flash_bytes(("yes", "no")) == (3 + 5) + (2 + 5)
+    assert label_flash_bytes(('say "hi"',)) == len('say \\"hi\\"') + 5
+    assert label_flash_bytes(("\u00e9",)) == len("\\u00e9") + 5
 
 
 def test_model_too_big_for_flash_fails_with_numbers():
