@@ -176,7 +176,10 @@ class RunnerLogSource:
         self.driver = driver
         self.health_interval_s = driver.settings.health_interval_s
         self.positions: dict[str, int] = {}  # log path -> next line number to deliver
-        self.reading: str | None = None  # the log read last (a switch to it keeps its place)
+        # log path -> the line after the last one delivered from it. Only delivery counts:
+        # a read that began at a log's end and was cut short by a switch delivered nothing,
+        # so the switch's own first line stands (else a new run's boot line could be lost).
+        self.delivered_to: dict[str, int] = {}
         self.delivered = 0  # lines delivered (for tests and logs)
 
     def resolve(self) -> tuple[str, int] | None:
@@ -194,18 +197,19 @@ class RunnerLogSource:
 
     def switch(self, target: tuple[str, int]) -> tuple[str, int]:
         path, start = target
-        if path == self.reading and path in self.positions:
-            return path, self.positions[path]  # the same log goes on: keep reading it
+        if path in self.delivered_to:
+            # The same log goes on (the same model again, or back to it after a rollback):
+            # on exactly after the last line delivered, no gap and no duplicate.
+            start = self.delivered_to[path]
         self.positions[path] = start
         return path, start
 
     def read(self, target: tuple[str, int], ctl: ReadControl) -> None:
         path, start = target
         self.positions[path] = start
-        self.reading = path
 
         def deliver(number: int, line: DeviceLine) -> None:
-            self.positions[path] = number + 1
+            self.positions[path] = self.delivered_to[path] = number + 1
             self.delivered += 1
             self.driver.last_line_number = number
             ctl.deliver(line)

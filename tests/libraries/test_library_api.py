@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hal.arduino.driver import Nano33BleDriver
+from hal.arduino.tools import run_tool_checks
 from tests.firmware import realtool
 from tests.virtual.helpers import STAND_IN
 
@@ -40,7 +40,7 @@ class OV767X {
 
 
 def _checks(env: dict[str, str]) -> dict[str, dict]:
-    result = Nano33BleDriver._run_tool_checks(STAND_IN, env)
+    result = run_tool_checks(STAND_IN, env)
     return {c["check"]: c for c in result["checks"]}
 
 
