@@ -50,7 +50,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from hal.arduino import discovery
+from hal.arduino import discovery, hotswap
 from hal.arduino.cli import (
     PERMISSION_FIX,
     ArduinoCli,
@@ -148,6 +148,16 @@ class Nano33BleSettings(DriverSettings):
     virtual_ports_dir: str | None = Field(
         None, max_length=4096, description="also list virtual boards published here"
     )
+    hotswap: bool = Field(True, description="install by hot-swapping the model into a flash "
+                          "slot when the board's firmware allows it, and build the hot-swap "
+                          "firmware when compiling (false: the exact-ops firmware)")
+    hotswap_ops: list[str] = Field(
+        default_factory=lambda: ["vision", "audio", "imu"], min_length=1, max_length=32,
+        description="op families (vision, audio, imu) and/or op names of the hot-swap "
+        "firmware's resolver")
+    hotswap_arena_bytes: int | None = Field(
+        None, ge=1024, le=200_000, description="arena of the hot-swap firmware (default: the "
+        "board profile's, 65536; at least the model's)")
 
     @model_validator(mode="after")
     def _needs_identity(self) -> Nano33BleSettings:
@@ -174,6 +184,7 @@ class Nano33BleDriver(Driver):
         self._obs_lock = threading.Lock()
         self._recent: collections.deque[DeviceLine] = collections.deque(maxlen=_RECENT_LINES)
         self._running_sha: str | None = None
+        self._last_boot: BootLine | None = None  # its "hs" says whether hot-swap is possible
         self._last_port: str | None = self.settings.port
 
     # ------------------------------------------------------------------ configuration hooks
@@ -382,6 +393,16 @@ class Nano33BleDriver(Driver):
             fit = fit_check(report, profile, request.arena_bytes)
             info.update(fit.to_dict())
             fit.raise_if_not_fit()
+            hs_plan = hs_config = None
+            if self.settings.hotswap:  # which path: hot-swap or compile+upload, and why
+                hs_config = sketch.config_for(report, request.model, request,
+                                              fit.arena_bytes, self.board)
+                hs_plan = hotswap.plan(self, report, fit, len(hotswap.payload_for(hs_config)),
+                                       deadline)
+                info["hotswap"] = hs_plan.to_dict()
+        if hs_plan is not None and hs_plan.path == hotswap.PATH_HOTSWAP:
+            return hotswap.install(self, request, report, fit, hs_plan, hs_config, steps,
+                                   deadline)
         arena = fit.arena_bytes
         deadline.check()
 
@@ -394,6 +415,9 @@ class Nano33BleDriver(Driver):
                 overrides["status_period_ms"] = self.settings.status_period_ms
             if overrides:
                 config = replace(config, **overrides)
+            if hs_plan is not None and hs_plan.firmware == "hotswap":
+                config = hotswap.firmware_config(config, hs_plan)
+                arena = config.arena_bytes
             slot = BuildSlot(self._build_root(), self.board, self.device_id,
                              config.template_version, sketch.SKETCH_NAME)
             info["changed"] = sketch.render_sketch(config, slot.sketch_dir)
@@ -771,6 +795,8 @@ class Nano33BleDriver(Driver):
 
     def _deliver(self, line: DeviceLine) -> None:
         self._recent.append(line)
+        if isinstance(line, BootLine):
+            self._last_boot = line
         if isinstance(line, (BootLine, StatusLine)):
             self._running_sha = line.sha
         observer = self._observer
