@@ -64,7 +64,8 @@ MODEL_HEADER_FILE = "model_data.h"
 MODEL_DATA_FILE = "model_data.cpp"
 CONFIG_FILE = "model_config.h"
 SKETCH_FILES = (INO_FILE, MODEL_HEADER_FILE, MODEL_DATA_FILE, CONFIG_FILE)
-HOTSWAP_FILES = ("tinyml_hotswap.h", "tinyml_hotswap.cpp", "tinyml_hotswap_run.h")  # hot-swap firmware only
+# hot-swap firmware only
+HOTSWAP_FILES = ("tinyml_hotswap.h", "tinyml_hotswap.cpp", "tinyml_hotswap_run.h")
 
 INPUT_DTYPES = ("int8", "uint8", "float32")
 INPUT_SOURCES = ("vectors", "camera")
