@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hal.arduino import hotswap, hotswap_protocol as hp, sketch
+from hal.arduino import hotswap, sketch
+from hal.arduino import hotswap_protocol as hp
 from hal.driver import InstallRequest
 from hal.model.analysis import analyze
 from hal.virtual import image as image_mod
