@@ -314,9 +314,9 @@ class VirtualBoard:
         self.location = location or f"virtual-{serial_number}"
         self.parent_pid = parent_pid
         self.silent_models = tuple(p.lower() for p in silent_models if p)
-        for spec in hotswap_faults:
-            hotswap_device.parse_fault(spec)  # a bad spec fails at start, not mid-transfer
-        self.hotswap_faults = tuple(hotswap_faults)
+        # parsed at start (a bad spec fails here, not mid-transfer); one list for the board's
+        # life, so a one-shot fault fires once
+        self.hotswap_faults = [hotswap_device.parse_fault(spec) for spec in hotswap_faults]
         self.hotswap_real_timing = hotswap_real_timing
         self._hs: hotswap_device.HotswapRuntime | None = None
         self.generation = 0
@@ -466,11 +466,6 @@ class VirtualBoard:
                     mcu = self._boot_mcu(reset=False)
                     out_fd = mcu.fd if mcu else None
                     booted = time.monotonic()
-                if hs is not None and self._hs_out:
-                    if port.host_connected():  # else lost, like any line without a listener
-                        for text in self._hs_out:
-                            port.write_all(text.encode() + b"\n", 0.5)
-                    self._hs_out.clear()
                 if (hs is not None and out_fd is None and not boot_pending
                         and watchdog_at is None and hs.running != hotswap_device.BUILTIN):
                     watchdog_at = time.monotonic() + hotswap_device.WATCHDOG_S
@@ -479,6 +474,11 @@ class VirtualBoard:
                     mcu = self._boot_mcu()
                     out_fd = mcu.fd if mcu else None
                     booted = time.monotonic()
+                if hs is not None and self._hs_out:  # before anything the new boot prints
+                    if port.host_connected():  # else lost, like any line without a listener
+                        for text in self._hs_out:
+                            port.write_all(text.encode() + b"\n", 0.5)
+                    self._hs_out.clear()
                 connected = port.host_connected()
                 if held and connected:
                     # The sketch was waiting for the host: it prints the moment the port is

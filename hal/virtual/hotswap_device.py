@@ -20,8 +20,8 @@ Fault injection (``--hotswap-fault``, repeatable), chunk numbers counting from 0
 ``crc_errors:N``   every chunk frame from N on arrives damaged
 ``power_cut:N``    the power fails while chunk N is programmed (the board vanishes, comes back
                    on its previous model; the half-written slot has no header)
-``alloc_fail:SHA`` the model whose sha256 starts with SHA fails ``AllocateTensors()`` (it is
-                   run in a 64-byte arena by the real interpreter)
+``alloc_fail:SHA`` the model whose sha256 starts with SHA fails ``AllocateTensors()`` (the real
+                   interpreter runs it in an arena far below its need)
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def is_hotswap_image(img: image_mod.Image) -> bool:
 class HotswapRuntime:
     """The hot-swap part of one board's firmware (one instance per sketch run)."""
 
-    def __init__(self, state_dir: Path, firmware: image_mod.Image, faults: tuple[str, ...] = (),
+    def __init__(self, state_dir: Path, firmware: image_mod.Image,
+                 faults: tuple[str, ...] | list[tuple[str, str]] = (),
                  real_timing: bool = False) -> None:
         self.state_dir = Path(state_dir)
         self.firmware = firmware
@@ -84,7 +85,9 @@ class HotswapRuntime:
         self.slot_bytes = int(self.config.get("slot_bytes") or 0)
         flash = Flash(self.state_dir / FLASH_FILE, self.slot_bytes)
         self.slots = Slots(flash, str(self.config.get("template_version", "")))
-        self.faults = [parse_fault(f) for f in faults]
+        # Parsed faults are shared with the board: a one-shot fault fires once per board
+        # process, not once per sketch run.
+        self.faults = faults if isinstance(faults, list) else [parse_fault(f) for f in faults]
         self.real_timing = real_timing
         self.reader = hp.FrameReader()
         self.running = hp.BUILTIN_SLOT
@@ -136,12 +139,15 @@ class HotswapRuntime:
 
         sha = hashlib.sha256(payload.model).hexdigest()
         arena = self.arena
-        if any(sha.startswith(p) for k, p in self.faults if k == "alloc_fail"):
-            arena = 64  # the real interpreter then fails AllocateTensors()
         report = analyze(payload.model)
+        # An arena far below the model's need makes the real interpreter fail
+        # AllocateTensors() (a few bytes would make TFLM crash instead, like a hard fault).
+        starved = 2048 if report.arena_estimate_bytes > 4096 else report.arena_estimate_bytes // 2
+        if any(sha.startswith(p) for k, p in self.faults if k == "alloc_fail"):
+            arena = starved
         missing = sorted(set(report.ops) - set(self.ops))
         if missing:  # the resolver lacks a kernel: AllocateTensors() fails on the board
-            arena = 64
+            arena = starved
         tensor = report.inputs[0]
         quantised = tensor.dtype != "float32"
         base = sketch.SketchConfig(

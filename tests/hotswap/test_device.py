@@ -211,7 +211,7 @@ def test_alloc_failure_of_a_slot_falls_back(tmp_path):
     host.one(hp.COMMIT)
     host.send(hp.ACTIVATE, b"\0")
     path, _ = rt.boot_image(reset=False)
-    assert image_mod.read(path).header["config"]["arena_bytes"] == 64  # TFLM will refuse
+    assert image_mod.read(path).header["config"]["arena_bytes"] == 2048  # TFLM will refuse
     keep, extra = rt.on_line(b'{"t":"err","code":"alloc_failed","msg":"x","arena":64}')
     assert not keep and rt.fallback_needed and rt.running == hp.BUILTIN_SLOT
     assert json.loads(extra[0])["reason"] == "alloc_failed"
