@@ -9,7 +9,8 @@ newline. Kinds (key ``t``):
 ``inf``     ``{"t":"inf","n":SEQ,"us":LATENCY_US,"out":[floats],"top":I,"label":"yes"}``
 ``err``     ``{"t":"err","code":"alloc_failed","msg":"...", ...numbers}`` -- codes are
             ``alloc_failed``, ``invoke_failed``, ``bad_input``, ``model_invalid``,
-            ``schema_mismatch``, ``camera_failed``, ``runtime_missing``, ``load_failed``.
+            ``schema_mismatch``, ``camera_failed``, ``runtime_missing``, ``load_failed``,
+            ``slot_rejected``.
 ``status``  ``{"t":"status","v":1,"sha":"...","up":SECONDS,"n":COUNT,"fw":"1.0.0"}`` --
             periodic, so a host that opened the port late still learns what runs.
 ``hs``      ``{"t":"hs","r":"ok","op":"chunk","seq":7,"next":6144}`` -- a hot-swap firmware's
@@ -49,6 +50,7 @@ ERROR_CODES = (
     "camera_failed",
     "runtime_missing",
     "load_failed",
+    "slot_rejected",  # hot-swap firmware: a slot's model did not start, it fell back
 )
 
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
