@@ -28,9 +28,9 @@ sys.path.insert(0, str(REPO))
 from hal.arduino.sketch import (  # noqa: E402
     HOST_HEADERS_DIR,
     SKETCH_NAME,
-    read_sketch,
     render_sketch,
 )
+from hal.virtual.sketch_reader import read_sketch  # noqa: E402
 from tests.firmware.helpers import model_config  # noqa: E402
 
 MODELS = [("hello_world_int8", 3), ("arduino_micro_speech", 3), ("person_detect", 1)]

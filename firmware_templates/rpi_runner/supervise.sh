@@ -7,22 +7,29 @@
 #   RUN_DIR/supervisor.pid   this script's pid (= process group id)
 #   RUN_DIR/runner.pid       the runner's pid
 #   RUN_DIR/exit             "START_ID STATUS" once the runner exited and was not restarted
+#   RUN_DIR/restarts         "START_ID N": restarts made for this start
 #   DEPLOY_DIR/runner.log    protocol lines (stdout), appended
 #   DEPLOY_DIR/runner.err    the runner's stderr (interpreter chatter, tracebacks)
 # INPUT_MODE "fifo" connects the runner's stdin to RUN_DIR/input (a named pipe, opened
 # read-write so it never reaches end-of-file); anything else gives it /dev/null.
 #
-# A runner that exits within MIN_UPTIME seconds is not restarted: a crash loop would hide the
-# error the bridge must report. One that ran longer is restarted after a pause. Exit status 0
-# (stopped by SIGTERM, or max_inferences reached) is never restarted.
+# A runner that exits within MIN_UPTIME of its first start is not restarted: that is a boot
+# crash the bridge must report. Later exits are restarted after a pause while the budget lasts
+# (MAX_RESTARTS within RESTART_WINDOW); beyond it the supervisor gives up and records the exit
+# status, which the bridge reports as a crashed device. Exit status 0 (stopped by SIGTERM, or
+# max_inferences reached) is never restarted. Times in centiseconds (from /proc/uptime).
 set -u
 RUN_DIR=$1
 DEPLOY_DIR=$2
 PYTHON=$3
 START_ID=$4
 INPUT_MODE=$5
-MIN_UPTIME=${TINYML_MIN_UPTIME:-10}
+MIN_UPTIME_CS=${TINYML_MIN_UPTIME_CS:-1000}
 RESTART_PAUSE=${TINYML_RESTART_PAUSE:-2}
+MAX_RESTARTS=${TINYML_MAX_RESTARTS:-3}
+RESTART_WINDOW_CS=${TINYML_RESTART_WINDOW_CS:-6000}
+
+now_cs() { read -r up _ < /proc/uptime; echo "${up%.*}${up#*.}" | sed 's/^0*//;s/^$/0/'; }
 
 stopping=0
 child=
@@ -34,10 +41,14 @@ trap on_term TERM INT HUP
 
 echo $$ > "$RUN_DIR/supervisor.pid.tmp" && mv -f "$RUN_DIR/supervisor.pid.tmp" "$RUN_DIR/supervisor.pid"
 rm -f "$RUN_DIR/exit"
+echo "$START_ID 0" > "$RUN_DIR/restarts"
+restarts=0
+recent=""   # start times (cs) of the restarts inside the window
+first=1
 cd "$DEPLOY_DIR" || { echo "$START_ID 126" > "$RUN_DIR/exit"; exit 126; }
 
 while :; do
-    started=$(date +%s)
+    started=$(now_cs)
     if [ "$INPUT_MODE" = "fifo" ]; then
         [ -p "$RUN_DIR/input" ] || mkfifo "$RUN_DIR/input"
         "$PYTHON" -u runner.py "$DEPLOY_DIR" >> runner.log 2>> runner.err 0<> "$RUN_DIR/input" &
@@ -58,11 +69,25 @@ while :; do
     if [ "$stopping" = 1 ] || [ "$status" = 0 ]; then
         break
     fi
-    now=$(date +%s)
-    if [ $((now - started)) -lt "$MIN_UPTIME" ]; then
+    now=$(now_cs)
+    if [ "$first" = 1 ] && [ $((now - started)) -lt "$MIN_UPTIME_CS" ]; then
         break
     fi
-    echo "supervise.sh: runner exited with status $status after $((now - started))s; restarting" >> runner.err
+    first=0
+    kept=""
+    for t in $recent; do
+        [ $((now - t)) -lt "$RESTART_WINDOW_CS" ] && kept="$kept $t"
+    done
+    recent=$kept
+    set -- $recent
+    if [ "$#" -ge "$MAX_RESTARTS" ]; then
+        echo "supervise.sh: runner exited with status $status; $# restarts within the window: giving up" >> runner.err
+        break
+    fi
+    recent="$recent $now"
+    restarts=$((restarts + 1))
+    echo "$START_ID $restarts" > "$RUN_DIR/restarts"
+    echo "supervise.sh: runner exited with status $status after $(((now - started) / 100))s; restart $restarts" >> runner.err
     sleep "$RESTART_PAUSE" &
     wait $! 2>/dev/null
     [ "$stopping" = 1 ] && break

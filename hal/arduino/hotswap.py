@@ -29,10 +29,10 @@ from hal.arduino.hotswap_link import HotswapSession, capability_from_hello
 from hal.arduino.serial_link import PortLink
 from hal.boards import FitResult
 from hal.deadline import Deadline
-from hal.driver import STEP_ROLLBACK, STEP_VERIFY, InstallReport, InstallRequest, StepRecorder
-from hal.errors import DeviceError, HalError, as_hal_error
+from hal.driver import STEP_ROLLBACK, STEP_VERIFY, InstallContext, RollbackOutcome
+from hal.errors import DeviceError, HalError, InfraError, as_hal_error
 from hal.model.report import ModelReport
-from hal.protocol import BootLine, to_dict
+from hal.protocol import to_dict
 
 if TYPE_CHECKING:
     from hal.arduino.driver import Nano33BleDriver
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STEP_HOTSWAP = "hotswap_transfer"
+RELEASE_TIMEOUT_S = 3.0  # the observation must let go of the port within this
+TRANSFER_TIMEOUT_S = 120.0  # a 128 KB slot at real speed takes ~4 s; resends included
 PATH_HOTSWAP = "hotswap"
 PATH_COMPILE = "compile_upload"
 
@@ -108,22 +110,27 @@ def _firmware(driver: Nano33BleDriver, report: ModelReport, fit: FitResult
     return "hotswap", ops, arena, ""
 
 
-def ask_capability(driver: Nano33BleDriver, deadline: Deadline) -> hp.Capability | None:
+def ask_capability(driver: Nano33BleDriver, deadline: Deadline,
+                   resume: bool = True) -> hp.Capability | None:
     """The board's hot-swap capability from a HELLO (one try, 0.5 s): None when its
-    firmware does not answer (not the hot-swap variant) or the board is not there."""
+    firmware does not answer (not the hot-swap variant), the board is not there or the
+    observation did not release the port. ``resume`` False keeps the observation paused
+    (inside an install, which resumes it at its end)."""
     port = driver.locate("sketch")
     if port is None:
         return None
-    driver._pause_observation()
     try:
+        if not driver.pause_observation(RELEASE_TIMEOUT_S):
+            return None
         with PortLink.open(port.device) as link:
-            reply = HotswapSession(link, driver._deliver, deadline.sub(2.0, "hot-swap hello"),
-                                   tries=1).hello()
+            reply = HotswapSession(link, driver.deliver_line,
+                                   deadline.sub(2.0, "hot-swap hello"), tries=1).hello()
     except HalError as exc:
         log.info("device=%s hot-swap hello failed: %s", driver.device_id, exc)
         return None
     finally:
-        driver._resume_observation()
+        if resume:
+            driver.resume_observation()
     if reply is None:
         return None
     try:
@@ -141,7 +148,7 @@ def plan(driver: Nano33BleDriver, report: ModelReport, fit: FitResult, payload_b
             "slot_bytes": driver.profile.hotswap_slot_bytes if kind == "hotswap" else 0}
     if not driver.settings.hotswap:
         return Plan(PATH_COMPILE, reason=why, **base)
-    boot = driver._last_boot
+    boot = driver.last_boot
     cap = None
     if boot is None or boot.hotswap is not None:  # never seen a boot line, or a hot-swap one
         cap = ask_capability(driver, deadline)
@@ -169,114 +176,128 @@ def plan(driver: Nano33BleDriver, report: ModelReport, fit: FitResult, payload_b
                 "its slot and arena fit the model", capability=capd, numbers=numbers, **base)
 
 
-# ------------------------------------------------------------------------------ install
+# ------------------------------------------------------------------ the install's phases
+# The driver (hal/arduino/driver.py) calls these from its phases when the plan is a hot-swap;
+# ctx.data holds "hs_plan", "hs_config", then "hs_payload", "hs_session", "hs_slot".
 
 
-def install(driver: Nano33BleDriver, request: InstallRequest, report: ModelReport,
-            fit: FitResult, plan_: Plan, config: SketchConfig, steps: StepRecorder,
-            deadline: Deadline) -> InstallReport:
-    """Stream the model into the board's free slot, switch to it and verify its boot."""
-    payload = payload_for(config)
-    cap = plan_.capability or {}
-    previous = (int(cap.get("slot", hp.BUILTIN_SLOT)), str(cap.get("running_sha") or ""))
+def prepare(driver: Nano33BleDriver, ctx: InstallContext) -> None:
+    """Nothing to build: the slot payload of the model."""
+    ctx.data["hs_payload"] = payload_for(ctx.data["hs_config"])
+
+
+def transfer(driver: Nano33BleDriver, ctx: InstallContext) -> None:
+    """Stream the payload into the board's free slot (the running model keeps running)."""
     port = driver.locate("sketch")
     if port is None:
         raise DeviceError("device_not_found", f"board {driver.serial_number()} is not attached",
                           serial_number=driver.serial_number())
-    driver._pause_observation()
-    try:
+    with ctx.steps.step(STEP_HOTSWAP, port=port.device) as info:
+        if not driver.pause_observation(RELEASE_TIMEOUT_S):
+            raise InfraError("unavailable", f"the observation of {driver.device_id} did not "
+                             f"release {port.device} within {RELEASE_TIMEOUT_S} s; nothing was "
+                             "sent", port=port.device)
+        link = PortLink.open(port.device)
+        session = HotswapSession(link, driver.deliver_line, ctx.shielded(
+            TRANSFER_TIMEOUT_S, f"hot-swap transfer to {driver.device_id}"))
+        ctx.data["hs_session"] = session
+        payload = ctx.data["hs_payload"]
         try:
-            link = PortLink.open(port.device)
-        except HalError as exc:
-            exc.detail["rollback"] = _unchanged(previous, "the port did not open")
-            raise
-        with link:
-            session = HotswapSession(link, driver._deliver, deadline)
-            with steps.step(STEP_HOTSWAP, port=port.device) as info:
-                try:
-                    slot = session.send(payload, len(config.model), fit.arena_bytes)
-                except HalError as exc:
-                    info.update(session.stats.to_dict())
-                    exc.detail["rollback"] = _after_transfer_failure(driver, previous, exc)
-                    raise
-                info.update(slot=slot, **session.stats.to_dict())
-            deadline.check()  # the last moment a cancel leaves the board as it was
-            line = _activate_and_verify(driver, session, request, report, slot, previous,
-                                        steps)
-    finally:
-        driver._resume_observation()
-    return InstallReport(
-        device_id=driver.device_id, model_sha256=report.sha256, boot=to_dict(line),
-        arena_bytes=int(cap.get("arena") or plan_.arena_bytes), compiled=False,
-        steps=dict(steps.durations),
-        detail={"path": PATH_HOTSWAP, "fit": fit.to_dict(), "hotswap": {
-            "slot": slot, "previous_slot": previous[0], **session.stats.to_dict()},
-            "port": port.device, "serial_number": driver.serial_number()})
+            slot = session.send(payload, len(ctx.data["hs_config"].model),
+                                ctx.data["fit"].arena_bytes)
+        finally:
+            info.update(session.stats.to_dict())
+        info["slot"] = slot
+    ctx.data["hs_slot"] = slot
+    ctx.data["hs_port"] = port.device
+    ctx.transferred = True
 
 
-def _unchanged(previous: tuple[int, str], why: str, verified: bool = False) -> dict:
-    return {"ok": verified, "attempted": False, "needed": False, "verified": verified,
-            "running_sha": previous[1][:16] or None, "slot": previous[0],
-            "reason": f"{why}: the board was not switched and keeps running its model"}
+def verify(driver: Nano33BleDriver, ctx: InstallContext) -> None:
+    """Switch to the new slot (ACTIVATE) and wait for its model's boot line."""
+    session: HotswapSession = ctx.data["hs_session"]
+    slot = ctx.data["hs_slot"]
+    boot_s = driver.boot_deadline_s(ctx.request)
+    with ctx.steps.step(STEP_VERIFY, slot=slot) as info:
+        session.deadline = ctx.shielded(boot_s, f"hot-swap of {driver.device_id}")
+        ctx.data["hs_activated"] = True
+        session.activate(slot)
+        line = session.wait_boot(ctx.sha256, ctx.shielded(
+            boot_s, f"boot verification of {driver.device_id}"))
+        info.update(line=to_dict(line))
+    plan_: Plan = ctx.data["hs_plan"]
+    cap = plan_.capability or {}
+    ctx.boot = to_dict(line)
+    ctx.arena_bytes = line.arena_bytes
+    ctx.detail = {"path": PATH_HOTSWAP, "fit": ctx.data["fit"].to_dict(), "hotswap": {
+        "slot": slot, "previous_slot": cap.get("slot"), **session.stats.to_dict()},
+        "port": ctx.data["hs_port"], "serial_number": driver.serial_number()}
 
 
-def _after_transfer_failure(driver: Nano33BleDriver, previous: tuple[int, str],
-                            exc: HalError) -> dict:
-    """What runs after a failed transfer (the running model was never stopped; after a
-    power cut the board reboots it): asked with a HELLO when the board answers."""
-    cap = ask_capability(driver, Deadline(6.0, what="hot-swap check after a failure"))
+def close(ctx: InstallContext) -> None:
+    """Give the port back (before the observation resumes)."""
+    session = ctx.data.pop("hs_session", None)
+    if session is not None:
+        session.link.close()
+
+
+def rollback(driver: Nano33BleDriver, ctx: InstallContext, exc: HalError) -> RollbackOutcome:
+    """What runs after a failed hot-swap. Before the switch nothing was stopped (after a power
+    cut the board reboots its model): a HELLO says what runs. After it, the firmware's own
+    fall-back when it gave the new model up, else a slot switch back (ACTIVATE of the
+    previous slot). Never raises."""
+    cap = (ctx.data["hs_plan"].capability or {})
+    previous = (int(cap.get("slot", hp.BUILTIN_SLOT)), str(cap.get("running_sha") or ""))
+    fallback = exc.detail.pop("fallback", None)
+    if fallback:
+        return RollbackOutcome(needed=True, attempted=True, verified=True,
+                               running_sha256=fallback["running_sha"], reason=fallback["reason"])
+    if not ctx.data.get("hs_activated"):
+        return _after_transfer_failure(driver, ctx, previous, exc)
+    session: HotswapSession | None = ctx.data.get("hs_session")
+    if session is None:
+        return RollbackOutcome(needed=True, attempted=False, verified=False,
+                               running_sha256=None, reason="the port is gone")
+    return _switch_back(driver, ctx, session, previous)
+
+
+def _after_transfer_failure(driver: Nano33BleDriver, ctx: InstallContext,
+                            previous: tuple[int, str], exc: HalError) -> RollbackOutcome:
+    close(ctx)
+    why = f"the transfer failed ({exc.code}) before the switch"
+    cap = ask_capability(driver, ctx.shielded(6.0, "hot-swap check"), resume=False)
     if cap is None and exc.code == "port_vanished":  # power cut: give the board time to boot
-        Deadline(3.0).wait(2.0)
-        cap = ask_capability(driver, Deadline(6.0, what="hot-swap check after a failure"))
+        ctx.shielded(3.0, "board restart").wait(2.0)
+        cap = ask_capability(driver, ctx.shielded(6.0, "hot-swap check"), resume=False)
     if cap is None:
-        return {**_unchanged(previous, f"the transfer failed ({exc.code})"), "verified": False,
-                "ok": False, "reason": "the transfer failed and the board did not answer "
-                "afterwards: what it runs is unknown"}
+        return RollbackOutcome(needed=False, attempted=False, verified=False,
+                               running_sha256=previous[1] or None,
+                               reason=f"{why}; the board did not answer afterwards")
     sha = str(cap.extra.get("sha") or "")
     same = bool(previous[1]) and sha[:16] == previous[1][:16]
-    out = _unchanged((cap.slot, sha), f"the transfer failed ({exc.code})", verified=same)
-    if not same:
-        out["reason"] = f"the transfer failed ({exc.code}); the board runs {sha[:16]}"
-    return out
+    return RollbackOutcome(
+        needed=False, attempted=False, verified=bool(sha), running_sha256=sha or None,
+        reason=f"{why}: the board was not switched and " + (
+            "keeps running its model" if same else f"runs {sha[:16]}"))
 
 
-def _activate_and_verify(driver: Nano33BleDriver, session: HotswapSession,
-                         request: InstallRequest, report: ModelReport, slot: int,
-                         previous: tuple[int, str], steps: StepRecorder) -> BootLine:
-    # From here on a cancel no longer interrupts: the switch is verified or undone.
-    boot_s = driver._boot_deadline_s(request)
-    with steps.step(STEP_VERIFY, slot=slot) as info:
-        try:
-            session.deadline = Deadline(boot_s, what=f"hot-swap of {driver.device_id}")
-            session.activate(slot)
-            line = session.wait_boot(report.sha256, Deadline(
-                boot_s, what=f"boot verification of {driver.device_id}"))
-        except HalError as exc:
-            fallback = exc.detail.pop("fallback", None)
-            exc.detail["rollback"] = ({**fallback, "ok": True, "needed": True}
-                                      if fallback else
-                                      _switch_back(driver, session, previous, boot_s, steps))
-            raise
-        info.update(line=to_dict(line))
-    return line
-
-
-def _switch_back(driver: Nano33BleDriver, session: HotswapSession, previous: tuple[int, str],
-                 boot_s: float, steps: StepRecorder) -> dict:
-    """Rollback after a failed switch: ACTIVATE the previous slot and verify its model."""
+def _switch_back(driver: Nano33BleDriver, ctx: InstallContext, session: HotswapSession,
+                 previous: tuple[int, str]) -> RollbackOutcome:
     slot, sha = previous
+    boot_s = driver.boot_deadline_s(ctx.request)
     try:
-        with steps.step(STEP_ROLLBACK, slot=slot, model_sha256=sha, kind="slot_switch") as info:
-            session.deadline = Deadline(boot_s, what=f"rollback of {driver.device_id}")
+        with ctx.steps.step(STEP_ROLLBACK, slot=slot, model_sha256=sha,
+                            kind="slot_switch") as info:
+            session.deadline = ctx.shielded(boot_s, f"rollback of {driver.device_id}")
             session.backlog.clear()
             session.activate(slot)
-            line = session.wait_boot(sha, Deadline(boot_s, what="rollback boot verification"))
+            line = session.wait_boot(sha, ctx.shielded(boot_s, "rollback boot verification"))
             info.update(line=to_dict(line))
     except Exception as rexc:  # never hide the original error behind the rollback's
         err = as_hal_error(rexc)
-        return {"ok": False, "attempted": True, "needed": True, "verified": False,
-                "by": "host", "slot": slot, "reason": f"the slot switch back failed: "
-                f"{err.message}", "error": err.to_dict()}
-    return {"ok": True, "attempted": True, "needed": True, "verified": True, "by": "host",
-            "slot": slot, "running_sha": line.sha, "boot": to_dict(line),
-            "reason": f"switched back to slot {slot}"}
+        return RollbackOutcome(needed=True, attempted=True, verified=False,
+                               running_sha256=None, reason=f"the slot switch back to slot "
+                               f"{slot} failed: {err.message}", error=err.to_dict())
+    return RollbackOutcome(needed=True, attempted=True, verified=True, running_sha256=line.sha,
+                           reason=f"switched back to slot {slot} (no reflash)",
+                           boot=to_dict(line))

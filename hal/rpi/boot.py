@@ -54,6 +54,19 @@ def _lines_tail(lines: list[DeviceLine], n: int = 8) -> list[dict]:
     return [to_dict(x) for x in lines[-n:]]
 
 
+def start_runner(session: SshSession, start_script: str, deadline: Deadline
+                 ) -> paramiko.Channel:
+    """Activate: run ``start_script`` (it starts the runner, then follows its log) on a new
+    channel, which :func:`verify_start` then watches."""
+    chan = session.open_channel(deadline)
+    try:
+        chan.exec_command(start_script)
+    except (TimeoutError, paramiko.SSHException, OSError, EOFError) as exc:
+        chan.close()
+        raise session._broken("starting the runner", exc) from exc
+    return chan
+
+
 def start_and_verify(
     session: SshSession,
     start_script: str,
@@ -65,10 +78,26 @@ def start_and_verify(
     *,
     wait_for_inference: bool,
 ) -> BootResult:
-    """Run ``start_script`` (which starts the runner and follows its log) and classify what
-    the channel shows. Raises a classified :class:`HalError` for every failed outcome."""
+    """:func:`start_runner` then :func:`verify_start` (restarts and rollbacks)."""
+    chan = start_runner(session, start_script, deadline)
+    return verify_start(session, chan, exit_script, err_log, expected_sha256, start_id,
+                        deadline, wait_for_inference=wait_for_inference)
+
+
+def verify_start(
+    session: SshSession,
+    chan: paramiko.Channel,
+    exit_script: str,
+    err_log: str,
+    expected_sha256: str,
+    start_id: str,
+    deadline: Deadline,
+    *,
+    wait_for_inference: bool,
+) -> BootResult:
+    """Classify what the start channel shows. Raises a classified :class:`HalError` for
+    every failed outcome; closes the channel."""
     started = time.monotonic()
-    chan = session.open_channel(deadline)
     splitter = LineSplitter()
     lines: list[DeviceLine] = []
     info: dict[str, int] = {}
@@ -76,7 +105,6 @@ def start_and_verify(
     failure: HalError | None = None
     ended = False
     try:
-        chan.exec_command(start_script)
         while True:
             if chan.recv_stderr_ready():
                 for key, value in _STDERR_INFO.findall(chan.recv_stderr(4096)):

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from hal.boards import get_profile
 from hal.deadline import Deadline
 from hal.driver import (
+    PHASE_ACTIVATE,
     STEP_PREFLIGHT,
+    STEP_ROLLBACK,
     STEP_START,
     STEP_UPLOAD,
     STEP_VALIDATE,
@@ -35,20 +36,26 @@ from hal.driver import (
     Driver,
     DriverContext,
     ErrorSink,
-    InstallReport,
-    InstallRequest,
-    LineSink,
+    Health,
+    InstallContext,
+    RollbackOutcome,
     StepRecorder,
     register_driver,
 )
-from hal.errors import DeviceError, HalError, InputError, as_hal_error
-from hal.protocol import DeviceLine, to_dict
+from hal.errors import DeviceError, HalError, InputError
+from hal.protocol import to_dict
 from hal.rpi import deploy, preflight
-from hal.rpi.boot import BootResult, start_and_verify
-from hal.rpi.observe import LogFollower, NumberedSink
+from hal.rpi.boot import BootResult, start_runner, verify_start
+from hal.rpi.observe import LogFollower, NumberedSink, RunnerLogSource
 from hal.rpi.settings import RpiSettings
 from hal.rpi.ssh import SshEndpoint, SshSession, quote_args
-from hal.rpi.supervise import Layout, ProcessSupervisor, Supervisor, SystemdSupervisor
+from hal.rpi.supervise import (
+    Layout,
+    ProcessSupervisor,
+    RestartBudget,
+    Supervisor,
+    SystemdSupervisor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,8 @@ class RpiDriver(Driver):
 
     board: ClassVar[str] = "rpi64"
     Settings: ClassVar[type[RpiSettings]] = RpiSettings
+    # The upload lands beside the running runner: the device changes only when it starts.
+    commit_phase: ClassVar[str] = PHASE_ACTIVATE
 
     def __init__(self, device_id: str, settings: RpiSettings, context: DriverContext) -> None:
         super().__init__(device_id, settings, context)
@@ -78,10 +87,8 @@ class RpiDriver(Driver):
         )
         self._facts: preflight.TargetFacts | None = None
         self._python = settings.python  # may become <workdir>/venv/bin/python
-        self._observe_lock = threading.Lock()
-        self._follower: LogFollower | None = None
-        self._sink: LineSink | None = None
-        self._on_error: ErrorSink | None = None
+        # (log path, first line) the observation switches to after a verified start.
+        self._switch_line: tuple[str, int] | None = None
         self.last_line_number = 0  # sequence number of the last observed line
         # Optional hook: (bytes sent, total) during a model upload (CLI progress bars, tests).
         self.on_upload_progress: Callable[[int, int], None] | None = None
@@ -99,46 +106,49 @@ class RpiDriver(Driver):
     def _supervisor(self, facts: preflight.TargetFacts) -> Supervisor:
         layout = Layout(facts.workdir)
         mode = self.settings.supervisor
+        s = self.settings
+        budget = RestartBudget(min_uptime_s=s.min_uptime_s, restarts=s.restart_budget,
+                               window_s=s.restart_window_s, pause_s=s.restart_pause_s)
         if mode == "systemd" or (mode == "auto" and facts.systemd_usable):
-            return SystemdSupervisor(layout, self._python)
-        return ProcessSupervisor(layout, self._python)
+            return SystemdSupervisor(layout, self._python, budget)
+        return ProcessSupervisor(layout, self._python, budget)
 
-    # -- install -----------------------------------------------------------------------------
+    # -- install: the phases of hal.driver.Driver.install ----------------------------------
 
-    def _validate(self, request: InstallRequest) -> tuple[Any, str]:
+    def _validate(self, ctx: InstallContext) -> None:
         from hal.model.analysis import analyze
 
-        profile = get_profile(self.board)
-        report = analyze(request.model, max_bytes=profile.max_model_bytes)
-        source = request.input_source if request.input_source != "vectors" \
-            else self.settings.input_source
-        try:
-            RpiSettings._source(source)
-        except ValueError as exc:
-            raise InputError("bad_option", str(exc), input_source=source) from None
-        if len(report.inputs) != 1:
-            raise InputError("bad_request", f"the runner feeds one input tensor; the model "
-                             f"has {len(report.inputs)}", inputs=len(report.inputs))
-        if len(request.input_vectors) > MAX_VECTORS:
-            raise InputError("bad_request", f"{len(request.input_vectors)} input vectors; at "
-                             f"most {MAX_VECTORS}", vectors=len(request.input_vectors))
-        need = report.inputs[0].elements
-        for i, vec in enumerate(request.input_vectors):
-            if len(vec) != need:
-                raise InputError("bad_request", f"input vector {i} has {len(vec)} values, the "
-                                 f"model's input needs {need}", index=i, expected=need,
-                                 got=len(vec))
-        return report, source
+        request = ctx.request
+        with ctx.steps.step(STEP_VALIDATE) as info:
+            profile = get_profile(self.board)
+            report = analyze(request.model, max_bytes=profile.max_model_bytes)
+            source = request.input_source if request.input_source != "vectors" \
+                else self.settings.input_source
+            try:
+                RpiSettings._source(source)
+            except ValueError as exc:
+                raise InputError("bad_option", str(exc), input_source=source) from None
+            if len(report.inputs) != 1:
+                raise InputError("bad_request", f"the runner feeds one input tensor; the "
+                                 f"model has {len(report.inputs)}", inputs=len(report.inputs))
+            if len(request.input_vectors) > MAX_VECTORS:
+                raise InputError("bad_request", f"{len(request.input_vectors)} input vectors; "
+                                 f"at most {MAX_VECTORS}", vectors=len(request.input_vectors))
+            need = report.inputs[0].elements
+            for i, vec in enumerate(request.input_vectors):
+                if len(vec) != need:
+                    raise InputError("bad_request", f"input vector {i} has {len(vec)} values, "
+                                     f"the model's input needs {need}", index=i,
+                                     expected=need, got=len(vec))
+            ctx.sha256 = report.sha256
+            ctx.data.update(report=report, source=source)
+            info.update(sha256=report.sha256, size_bytes=report.size_bytes,
+                        input_source=source)
 
-    def _install(self, request: InstallRequest, deadline: Deadline,
-                 steps: StepRecorder) -> InstallReport:
-        with steps.step(STEP_VALIDATE) as info:
-            report, source = self._validate(request)
-            sha = report.sha256
-            info.update(sha256=sha, size_bytes=report.size_bytes, input_source=source)
-
-        with steps.step(STEP_PREFLIGHT) as info:
-            facts = self._preflight(sha, deadline, steps)
+    def _fit(self, ctx: InstallContext) -> None:
+        report, sha = ctx.data["report"], ctx.sha256
+        with ctx.steps.step(STEP_PREFLIGHT) as info:
+            facts = self._preflight(sha, ctx.deadline, ctx.steps)
             runtime = preflight.choose_runtime(facts)
             dep = facts.deployment
             complete = bool(dep.get("exists") and dep.get("model_ok"))
@@ -151,13 +161,16 @@ class RpiDriver(Driver):
             info.update(arch=facts.arch, python=".".join(map(str, facts.python)),
                         runtime=runtime, runtime_version=facts.runtimes.get(runtime),
                         numpy=facts.numpy, board=facts.board, previous=facts.current, **fit)
-        layout = Layout(facts.workdir)
-        supervisor = self._supervisor(facts)
+        ctx.data.update(facts=facts, runtime=runtime, complete=complete,
+                        supervisor=self._supervisor(facts))
+
+    def _prepare(self, ctx: InstallContext) -> None:
+        report, facts, request = ctx.data["report"], ctx.data["facts"], ctx.request
         settings_doc = {
-            "sha256": sha,
+            "sha256": ctx.sha256,
             "labels": list(request.labels),
             "vectors": [list(v) for v in request.input_vectors],
-            "input_source": source,
+            "input_source": ctx.data["source"],
             "period_s": self.settings.period_s,
             "status_period_s": self.settings.status_period_s,
             "board": facts.board,
@@ -165,67 +178,109 @@ class RpiDriver(Driver):
             "inputs": [{"shape": list(t.shape), "dtype": t.dtype} for t in report.inputs],
             "outputs": [{"shape": list(t.shape), "dtype": t.dtype} for t in report.outputs],
         }
-        files = deploy.runner_files(settings_doc)
+        ctx.data["files"] = deploy.runner_files(settings_doc)
 
+    def _transfer(self, ctx: InstallContext) -> None:
+        """Upload beside the running runner: it keeps serving until ``activate``."""
+        facts, files, sha = ctx.data["facts"], ctx.data["files"], ctx.sha256
+        layout, deadline = Layout(facts.workdir), ctx.deadline
         replaced: tuple[str, ...] = ()
-        if complete:
-            have = dep.get("files", {})
+        if ctx.data["complete"]:
+            have = facts.deployment.get("files", {})
             changed = {n: b for n, b in files.items() if have.get(n) != _sha(b)}
             if changed:
-                with steps.step(STEP_UPLOAD, skipped_model=True) as info:
+                with ctx.steps.step(STEP_UPLOAD, skipped_model=True) as info:
                     res = deploy.update_small_files(self.session, layout, sha, changed,
                                                     self._cmd_deadline(deadline, "upload"))
                     replaced = tuple(changed)
                     info.update(files=list(changed), bytes=res.uploaded_bytes)
             else:
-                steps.skip(STEP_UPLOAD, "deployment already complete on the target",
-                           sha256=sha)
+                ctx.steps.skip(STEP_UPLOAD, "deployment already complete on the target",
+                               sha256=sha)
         else:
-            with steps.step(STEP_UPLOAD) as info:
-                res = deploy.upload_deployment(self.session, layout, sha, request.model, files,
-                                               deadline.sub(None, "upload"),
+            with ctx.steps.step(STEP_UPLOAD) as info:
+                res = deploy.upload_deployment(self.session, layout, sha, ctx.request.model,
+                                               files, deadline.sub(None, "upload"),
                                                self.on_upload_progress)
                 info.update(bytes=res.uploaded_bytes, files=list(res.files))
+        ctx.data["replaced"] = replaced
+        ctx.transferred = ctx.compiled = not ctx.data["complete"] or bool(replaced)
 
+    def _activate(self, ctx: InstallContext) -> None:
+        """Stop the old runner and start the new one (the device changes here)."""
+        supervisor: Supervisor = ctx.data["supervisor"]
+        what = "start runner"
+        with ctx.steps.step(STEP_START, supervisor=supervisor.kind):
+            budget = ctx.shielded(self.settings.command_timeout_s, what)
+            self.session.run(supervisor.stop_script(), budget, what="stop runner")
+            ctx.data["boot_deadline"] = ctx.shielded(
+                min(ctx.request.boot_deadline_s, self.settings.boot_deadline_s),
+                "boot verification")
+            ctx.data["start"] = self._start_runner(supervisor, ctx.sha256, ctx.data["source"],
+                                                   ctx.data["boot_deadline"])
+
+    def _verify(self, ctx: InstallContext) -> None:
+        supervisor: Supervisor = ctx.data["supervisor"]
+        facts, sha = ctx.data["facts"], ctx.sha256
+        layout = Layout(facts.workdir)
+        with ctx.steps.step(STEP_VERIFY) as info:
+            boot = self._verify_runner(supervisor, sha, ctx.data["start"],
+                                       ctx.data["boot_deadline"])
+            info.update(boot=to_dict(boot.boot), seconds_to_boot=round(boot.seconds, 3))
+            pruned = deploy.activate(self.session, layout, sha, self.settings.keep_deployments,
+                                     ctx.shielded(self.settings.command_timeout_s, "activate"))
+            info.update(pruned=pruned)
+        if ctx.data["replaced"]:
+            deploy.finish_small_files(self.session, layout, sha, ctx.data["replaced"],
+                                      restore=False, deadline=Deadline(10.0))
+        self._switch_line = (layout.log(sha), boot.log_lines + 1)
+        ctx.boot, ctx.arena_bytes = to_dict(boot.boot), boot.boot.arena_bytes
+        ctx.detail = {
+            "host": self.settings.host, "port": self.settings.port,
+            "user": self.settings.user, "workdir": facts.workdir, "arch": facts.arch,
+            "board": facts.board, "runtime": ctx.data["runtime"], "python": self._python,
+            "supervisor": supervisor.kind, "upload_skipped": ctx.data["complete"],
+            "previous": facts.current, "pruned": pruned,
+            "used_bytes": boot.boot.used_bytes, "confirm": to_dict(boot.confirm),
+            "log_line": boot.log_lines + 1,
+        }
+
+    def _rollback(self, ctx: InstallContext, error: HalError) -> RollbackOutcome:
+        """Stop the failed runner and start the previous deployment again (its own deadline:
+        a cancelled or timed-out job must still leave the device running something known)."""
+        supervisor: Supervisor = ctx.data["supervisor"]
+        facts, sha = ctx.data["facts"], ctx.sha256
+        layout = Layout(facts.workdir)
+        deadline = Deadline(ROLLBACK_DEADLINE_S, what="rollback")
+        prev = facts.current
         try:
-            with steps.step(STEP_START, supervisor=supervisor.kind) as info:
-                self._run(supervisor.stop_script(), deadline, "stop runner")
-            with steps.step(STEP_VERIFY) as info:
-                boot = self._start(supervisor, sha, source, deadline.sub(
-                    min(request.boot_deadline_s, self.settings.boot_deadline_s),
-                    "boot verification"))
-                info.update(boot=to_dict(boot.boot), seconds_to_boot=round(boot.seconds, 3))
-                pruned = deploy.activate(self.session, layout, sha,
-                                         self.settings.keep_deployments,
-                                         self._cmd_deadline(deadline, "activate"))
-                info.update(pruned=pruned)
-        except BaseException as exc:
-            err = as_hal_error(exc)
-            err.detail["rollback"] = self._rollback(supervisor, layout, facts, sha, replaced)
-            if err is exc:
-                raise
-            raise err from exc
-        if replaced:
-            deploy.finish_small_files(self.session, layout, sha, replaced, restore=False,
-                                      deadline=Deadline(10.0))
-        self._follow_new(layout.log(sha), boot.log_lines + 1)
-        return InstallReport(
-            device_id=self.device_id,
-            model_sha256=sha,
-            boot=to_dict(boot.boot),
-            arena_bytes=boot.boot.arena_bytes,
-            compiled=not (complete and not replaced),
-            steps=dict(steps.durations),
-            detail={
-                "host": self.settings.host, "port": self.settings.port,
-                "user": self.settings.user, "workdir": facts.workdir, "arch": facts.arch,
-                "board": facts.board, "runtime": runtime, "python": self._python,
-                "supervisor": supervisor.kind, "upload_skipped": complete,
-                "previous": facts.current, "pruned": pruned,
-                "used_bytes": boot.boot.used_bytes, "confirm": to_dict(boot.confirm),
-                "log_line": boot.log_lines + 1,
-            },
-        )
+            with ctx.steps.step(STEP_ROLLBACK, previous=prev) as info:
+                self.session.run(supervisor.stop_script(), deadline.sub(10.0),
+                                 what="stop runner")
+                if ctx.data.get("replaced"):
+                    deploy.finish_small_files(self.session, layout, sha, ctx.data["replaced"],
+                                              restore=True, deadline=deadline.sub(10.0))
+                if not prev:
+                    info["restarted"] = False
+                    return RollbackOutcome(
+                        needed=True, attempted=False, verified=False, running_sha256=None,
+                        reason="no previously verified model: the failed runner was stopped "
+                        "and nothing runs")
+                source = self._source_of(layout, prev, deadline)
+                boot = self._start(supervisor, prev, source, deadline.sub(
+                    self.settings.boot_deadline_s, "rollback boot verification"))
+                info.update(restarted=True, boot=to_dict(boot.boot))
+        except HalError as err:
+            log.error("device=%s rollback to %s failed: %s", self.device_id, prev, err)
+            return RollbackOutcome(needed=True, attempted=True, verified=False,
+                                   running_sha256=None, reason=f"the rollback to "
+                                   f"{str(prev)[:16]} failed: {err.message}",
+                                   error=err.to_dict())
+        self._switch_line = (layout.log(prev), boot.log_lines + 1)
+        log.warning("device=%s rolled back to %s (verified)", self.device_id, prev[:16])
+        return RollbackOutcome(needed=True, attempted=True, verified=True, running_sha256=prev,
+                               reason=f"the previous model {prev[:16]} was started again and "
+                               "verified", boot=to_dict(boot.boot))
 
     def _run(self, script: str, deadline: Deadline, what: str):
         return self.session.run(script, self._cmd_deadline(deadline, what), what=what)
@@ -318,43 +373,27 @@ class RpiDriver(Driver):
             info.update(python=self._python, runtimes=facts.runtimes, numpy=facts.numpy)
         return facts
 
-    def _start(self, supervisor: Supervisor, sha: str, source: str,
-               deadline: Deadline) -> BootResult:
-        layout = supervisor.layout
+    def _start_runner(self, supervisor: Supervisor, sha: str, source: str,
+                      deadline: Deadline) -> tuple[Any, str, str]:
         start_id = secrets.token_hex(6)
         mode = "fifo" if source == "stdin" else "null"
-        return start_and_verify(
-            self.session, supervisor.start_script(sha, start_id, mode),
-            supervisor.exit_script(), f"{layout.deployment(sha)}/runner.err", sha, start_id,
-            deadline, wait_for_inference=source == "vectors")
+        chan = start_runner(self.session, supervisor.start_script(sha, start_id, mode),
+                            deadline)
+        return chan, start_id, source
 
-    def _rollback(self, supervisor: Supervisor, layout: Layout,
-                  facts: preflight.TargetFacts, sha: str,
-                  replaced: tuple[str, ...]) -> dict[str, Any]:
-        """Stop the failed runner and start the previous deployment again (its own deadline:
-        a cancelled or timed-out job must still leave the device running something known)."""
-        deadline = Deadline(ROLLBACK_DEADLINE_S, what="rollback")
-        out: dict[str, Any] = {"previous": facts.current}
-        try:
-            self.session.run(supervisor.stop_script(), deadline.sub(10.0), what="stop runner")
-            if replaced:
-                deploy.finish_small_files(self.session, layout, sha, replaced, restore=True,
-                                          deadline=deadline.sub(10.0))
-            prev = facts.current
-            if not prev:
-                out["restarted"] = False
-                return out
-            source = self._source_of(layout, prev, deadline)
-            boot = self._start(supervisor, prev, source, deadline.sub(
-                self.settings.boot_deadline_s, "rollback boot verification"))
-            out.update(restarted=True, verified=True, boot=to_dict(boot.boot))
-            self._follow_new(layout.log(prev), boot.log_lines + 1)
-            log.warning("device=%s rolled back to %s (verified)", self.device_id, prev[:16])
-        except Exception as exc:
-            err = as_hal_error(exc)
-            out.update(restarted=False, verified=False, error=err.to_dict())
-            log.error("device=%s rollback to %s failed: %s", self.device_id, facts.current, err)
-        return out
+    def _verify_runner(self, supervisor: Supervisor, sha: str, started: tuple[Any, str, str],
+                       deadline: Deadline) -> BootResult:
+        chan, start_id, source = started
+        return verify_start(
+            self.session, chan, supervisor.exit_script(),
+            f"{supervisor.layout.deployment(sha)}/runner.err", sha, start_id, deadline,
+            wait_for_inference=source == "vectors")
+
+    def _start(self, supervisor: Supervisor, sha: str, source: str,
+               deadline: Deadline) -> BootResult:
+        return self._verify_runner(supervisor, sha,
+                                   self._start_runner(supervisor, sha, source, deadline),
+                                   deadline)
 
     def _source_of(self, layout: Layout, sha: str, deadline: Deadline) -> str:
         import json
@@ -406,14 +445,14 @@ class RpiDriver(Driver):
 
     def stop_runner(self, deadline: Deadline) -> None:
         """Stop the runner (files and ``current`` stay)."""
-        with self._exclusive("stop"):
+        with self.exclusive("stop"):
             facts = self._ensure_facts(deadline)
             self._run(self._supervisor(facts).stop_script(), deadline, "stop runner")
 
     def restart(self, deadline: Deadline) -> BootResult:
         """Restart the ``current`` deployment and verify its boot against the hash it was
         deployed with (``wrong_model`` when the file on the target no longer matches)."""
-        with self._exclusive("restart"):
+        with self.exclusive("restart"):
             facts = self._probe_any(deadline)
             self._facts = facts
             if not facts.current:
@@ -424,77 +463,81 @@ class RpiDriver(Driver):
             source = self._source_of(sup.layout, facts.current, deadline)
             boot = self._start(sup, facts.current, source, deadline.sub(
                 self.settings.boot_deadline_s, "boot verification"))
-            self._follow_new(sup.layout.log(facts.current), boot.log_lines + 1)
+            self._switch_line = (sup.layout.log(facts.current), boot.log_lines + 1)
+            self._switch_observation(facts.current)
             return boot
 
-    def _exclusive(self, what: str):
-        driver = self
+    def runner_health(self, deadline: Deadline) -> Health | None:
+        """The runner's liveness from the supervisor's records (one SSH call): ``ok`` while
+        it runs (``restarts`` made within the budget), ``crashed`` with the exit status and
+        stderr tail once the supervisor gave up, ``none`` when nothing is deployed. None
+        when the target cannot be asked (that is the link's error, not the runner's)."""
+        try:
+            facts = self._ensure_facts(deadline)
+            res = self._run(self._supervisor(facts).health_script(), deadline, "liveness")
+        except HalError:
+            return None
+        rows = res.text().splitlines()
+        state = rows[0].split()[0] if rows and rows[0].split() else "unknown"
+        current = next((r.split()[1] for r in rows if r.startswith("current ")
+                        and len(r.split()) > 1), None)
+        exit_code = restarts = None
+        for r in rows:
+            parts = r.split()
+            if len(parts) == 3 and parts[0] == "exit" and parts[2].lstrip("-").isdigit():
+                exit_code = int(parts[2])
+            if len(parts) == 3 and parts[0] == "restarts" and parts[2].isdigit():
+                restarts = int(parts[2])
+        tail = "\n".join(r[4:] for r in rows if r.startswith("err "))[-1500:]
+        if current is None:
+            return Health("none", "nothing is deployed on the target")
+        if state == "running":
+            return Health("ok", f"the runner of {current[:16]} runs"
+                          + (f" ({restarts} restarts)" if restarts else ""),
+                          restarts=restarts or 0)
+        if self._guard.locked():
+            return None  # an install or restart is switching runners right now
+        return Health("crashed", f"the runner of {current[:16]} is not running"
+                      + (f": it exited with status {exit_code} and its supervisor gave up"
+                         if exit_code is not None else ""),
+                      exit_code=exit_code, stderr_tail=tail, restarts=restarts or 0)
 
-        class _Guard:
-            def __enter__(self):
-                if not driver._install_lock.acquire(blocking=False):
-                    raise InputError("device_busy", f"device {driver.device_id} is busy with "
-                                     f"job {driver._running_job}", device=driver.device_id,
-                                     running_job=driver._running_job)
-                driver._running_job = what
+    # -- observation (hal.observation owns the loop) -----------------------------------------
 
-            def __exit__(self, *exc):
-                driver._running_job = None
-                driver._install_lock.release()
-
-        return _Guard()
-
-    # -- observation -------------------------------------------------------------------------
+    def current_log(self, deadline: Deadline) -> tuple[str, int] | None:
+        """The current deployment's log path and its line count, or None when nothing is
+        deployed (not an error). Raises a classified error when the target is unreachable."""
+        facts = self._ensure_facts(deadline)
+        layout = Layout(facts.workdir)
+        res = self._run(f"C=$(readlink {quote_args([layout.current])}) || exit 0\n"
+                        f"echo $C && wc -l < {quote_args([layout.workdir])}/$C/runner.log",
+                        deadline, "observation start")
+        rows = res.text().split()
+        if not rows:
+            return None
+        sha = rows[0].rsplit("/", 1)[-1]
+        count = int(rows[1]) if len(rows) > 1 and rows[1].isdigit() else 0
+        return layout.log(sha), count
 
     def follow(self, sink: NumberedSink, start_line: int | None = None,
                on_error: ErrorSink | None = None, deadline: Deadline | None = None
                ) -> LogFollower:
         """Follow the current deployment's log from ``start_line`` (default: the next new
-        line) with line numbers as sequence numbers. The caller stops the follower."""
-        deadline = deadline or Deadline(30.0, what="observation start")
-        facts = self._ensure_facts(deadline)
-        layout = Layout(facts.workdir)
-        res = self._run(f"C=$(readlink {quote_args([layout.current])}) && "
-                        f"echo $C && wc -l < {quote_args([layout.workdir])}/$C/runner.log",
-                        deadline, "observation start")
-        rows = res.text().split()
-        if len(rows) < 1 or (not res.ok and len(rows) < 2):
+        line) with line numbers as sequence numbers, on a thread of its own (tools, tests;
+        the bridge's observation is :meth:`start_observing`). The caller stops it."""
+        found = self.current_log(deadline or Deadline(30.0, what="observation start"))
+        if found is None:
             raise DeviceError("device_error", "nothing is deployed on the target",
-                              workdir=facts.workdir)
-        sha = rows[0].rsplit("/", 1)[-1]
-        first = start_line if start_line is not None else (
-            int(rows[1]) + 1 if len(rows) > 1 else 1)
-        return LogFollower(self.session, layout.log(sha), first, sink, on_error,
-                           self.device_id).start()
+                              workdir=self._facts.workdir if self._facts else None)
+        path, count = found
+        first = start_line if start_line is not None else count + 1
+        return LogFollower(self.session, path, first, sink, on_error, self.device_id).start()
 
-    def _deliver(self, number: int, line: DeviceLine) -> None:
-        self.last_line_number = number
-        sink = self._sink
-        if sink is not None:
-            sink(line)
+    def _observation_source(self) -> RunnerLogSource:
+        return RunnerLogSource(self)
 
-    def start_observing(self, sink: LineSink, on_error: ErrorSink | None = None) -> None:
-        with self._observe_lock:
-            self._sink, self._on_error = sink, on_error
-            if self._follower is not None and self._follower.running:
-                return
-            self._follower = self.follow(self._deliver, on_error=on_error)
-
-    def _follow_new(self, path: str, start_line: int) -> None:
-        """After an install or restart: observe the new runner's log from its first line."""
-        with self._observe_lock:
-            if self._follower is None:
-                return
-            self._follower.stop()
-            self._follower = LogFollower(self.session, path, start_line, self._deliver,
-                                         self._on_error, self.device_id).start()
-
-    def stop_observing(self) -> None:
-        with self._observe_lock:
-            if self._follower is not None:
-                self._follower.stop()
-                self._follower = None
-            self._sink = None
+    def _observation_target(self, sha256: str | None) -> tuple[str, int] | None:
+        return self._switch_line if sha256 else None
 
     def close(self) -> None:
         self.stop_observing()

@@ -15,6 +15,7 @@ import select
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import paramiko
 
@@ -22,6 +23,11 @@ from hal.deadline import Deadline
 from hal.errors import HalError, InfraError, as_hal_error
 from hal.protocol import DeviceLine, LineSplitter
 from hal.rpi.ssh import SshSession, quote_args
+
+if TYPE_CHECKING:
+    from hal.driver import Health
+    from hal.observation import ReadControl
+    from hal.rpi.driver import RpiDriver
 
 log = logging.getLogger(__name__)
 
@@ -94,49 +100,118 @@ class LogFollower:
                 self._stop.wait(pause)
 
     def _follow_once(self) -> None:
-        # A generous connect deadline; following itself has no deadline (stop() ends it).
-        chan = self.session.open_channel(Deadline(30.0, what="observation connect"))
-        self._chan = chan
-        if self._stop.is_set():
-            chan.close()
-            return
         if self.reconnects or self.session.connects > 1:
             log.info("device=%s resuming %s at line %d", self._device_id, self.path,
                      self.next_line)
         self.reconnects += 1
-        splitter = LineSplitter()
+
+        def deliver(number: int, line: DeviceLine) -> None:
+            self.next_line = number + 1
+            try:
+                self._sink(number, line)
+            except Exception:
+                log.exception("observation sink failed")
+
+        tail_log(self.session, self.path, self.next_line, deliver, self._stop.is_set,
+                 on_channel=self._set_chan)
+
+    def _set_chan(self, chan: paramiko.Channel | None) -> None:
+        self._chan = chan
+
+
+def tail_log(session: SshSession, path: str, first_line: int,
+             deliver: NumberedSink, should_return: Callable[[], bool],
+             on_channel: Callable[[paramiko.Channel | None], None] | None = None,
+             on_open: Callable[[], None] | None = None) -> None:
+    """Follow ``path`` from line ``first_line`` over one exec channel (``tail -n +K -F``),
+    delivering each complete line with its number, until ``should_return()``. Raises
+    ``transport_broken`` when the channel breaks or ends on its own."""
+    # A generous connect deadline; following itself has no deadline (should_return ends it).
+    chan = session.open_channel(Deadline(30.0, what="observation connect"))
+    if on_channel is not None:
+        on_channel(chan)
+    number = max(1, first_line)
+    splitter = LineSplitter()
+    try:
+        if should_return():
+            return
+        chan.exec_command(f"exec tail -n +{number} -s 0.2 -F {quote_args([path])} "
+                          "2>/dev/null")
+        if on_open is not None:
+            on_open()
+        while not should_return():
+            if chan.recv_ready():
+                data = chan.recv(65536)
+                if not data:
+                    break
+                for line in splitter.feed(data):
+                    deliver(number, line)
+                    number += 1
+                continue
+            if chan.eof_received or chan.closed:
+                break
+            if not chan.get_transport().is_active():
+                break
+            select.select([chan], [], [], 0.2)
+    except (TimeoutError, paramiko.SSHException, OSError, EOFError) as exc:
+        if not should_return():
+            raise InfraError("transport_broken", f"observation channel broke: {exc}",
+                             path=path, next_line=number) from exc
+    finally:
+        chan.close()
+        if on_channel is not None:
+            on_channel(None)
+    if not should_return():
+        raise InfraError("transport_broken", "observation stream ended", path=path,
+                         next_line=number)
+
+
+class RunnerLogSource:
+    """The Pi driver's :class:`~hal.observation.ObservationSource`: the current deployment's
+    ``runner.log``, resumed by line number after a drop (no gap, no duplicate), kept in place
+    when an install or restart switches to the log it already reads (the same model again),
+    and the runner's liveness from the supervisor's records."""
+
+    def __init__(self, driver: RpiDriver) -> None:
+        self.driver = driver
+        self.health_interval_s = driver.settings.health_interval_s
+        self.positions: dict[str, int] = {}  # log path -> next line number to deliver
+        self.reading: str | None = None
+        self.delivered = 0  # lines delivered (for tests and logs)
+
+    def resolve(self) -> tuple[str, int] | None:
+        found = self.driver.current_log(Deadline(30.0, what="observation start"))
+        if found is None:
+            return None  # nothing deployed yet: not an error
+        path, count = found
+        return path, self.positions.get(path, count + 1)
+
+    def switch(self, target: tuple[str, int]) -> tuple[str, int]:
+        path, start = target
+        if path == self.reading and path in self.positions:
+            return path, self.positions[path]  # the same log goes on: keep reading it
+        self.positions[path] = start
+        return path, start
+
+    def read(self, target: tuple[str, int], ctl: ReadControl) -> None:
+        path, start = target
+        self.positions[path] = start
+        self.reading = path
+
+        def deliver(number: int, line: DeviceLine) -> None:
+            self.positions[path] = number + 1
+            self.delivered += 1
+            self.driver.last_line_number = number
+            ctl.deliver(line)
+
         try:
-            chan.exec_command(
-                f"exec tail -n +{self.next_line} -s 0.2 -F {quote_args([self.path])} "
-                "2>/dev/null")
-            while not self._stop.is_set():
-                if chan.recv_ready():
-                    data = chan.recv(65536)
-                    if not data:
-                        break
-                    for line in splitter.feed(data):
-                        number = self.next_line
-                        self.next_line += 1
-                        try:
-                            self._sink(number, line)
-                        except Exception:
-                            log.exception("observation sink failed")
-                    continue
-                if chan.eof_received or chan.closed:
-                    break
-                if not chan.get_transport().is_active():
-                    break
-                select.select([chan], [], [], 0.2)
-        except (TimeoutError, paramiko.SSHException, OSError, EOFError) as exc:
-            if not self._stop.is_set():
-                raise InfraError("transport_broken", f"observation channel broke: {exc}",
-                                 path=self.path, next_line=self.next_line) from exc
+            tail_log(self.driver.session, path, start, deliver, ctl.should_return,
+                     on_open=ctl.connected)
         finally:
-            chan.close()
-            self._chan = None
-        if not self._stop.is_set():
-            raise InfraError("transport_broken", "observation stream ended",
-                             path=self.path, next_line=self.next_line)
+            self.reading = None
+
+    def health(self) -> Health | None:
+        return self.driver.runner_health(Deadline(20.0, what="liveness check"))
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:

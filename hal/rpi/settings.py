@@ -51,6 +51,17 @@ class RpiSettings(DriverSettings):
     supervisor: Literal["auto", "systemd", "process"] = "auto"
     period_s: float = Field(1.0, ge=0, le=3600, description="pause between inferences")
     status_period_s: float = Field(10.0, ge=0.5, le=3600)
+    min_uptime_s: float = Field(
+        10.0, ge=0.1, le=3600, description="a runner that exits sooner after its start is a "
+        "boot crash: reported, never restarted")
+    restart_budget: int = Field(
+        3, ge=0, le=100, description="restarts the supervisor makes within restart_window_s "
+        "before it gives up (the device is then crashed)")
+    restart_window_s: float = Field(60.0, gt=0, le=86400)
+    restart_pause_s: float = Field(2.0, ge=0, le=600, description="pause before a restart")
+    health_interval_s: float = Field(
+        5.0, ge=0, le=3600, description="seconds between liveness checks of the runner over "
+        "SSH (0: never)")
     disk_reserve_bytes: int = Field(
         32 << 20, ge=0, description="free disk kept beyond the deployment (logs, SD wear)")
     runtime_memory_bytes: int = Field(

@@ -39,6 +39,23 @@ FOLLOW_UNTIL_EXIT = (
 
 
 @dataclass(frozen=True)
+class RestartBudget:
+    """How the supervisor treats a runner that exits (see supervise.sh)."""
+
+    min_uptime_s: float = 10.0
+    restarts: int = 3
+    window_s: float = 60.0
+    pause_s: float = 2.0
+
+    def env(self) -> str:
+        """The environment assignments supervise.sh reads (numbers only, no quoting needed)."""
+        return (f"TINYML_MIN_UPTIME_CS={int(self.min_uptime_s * 100)} "
+                f"TINYML_MAX_RESTARTS={int(self.restarts)} "
+                f"TINYML_RESTART_WINDOW_CS={int(self.window_s * 100)} "
+                f"TINYML_RESTART_PAUSE={self.pause_s:.2f}")
+
+
+@dataclass(frozen=True)
 class Layout:
     """Paths on the target, all absolute (``~`` resolved by preflight)."""
 
@@ -73,9 +90,11 @@ class ProcessSupervisor:
 
     kind = "process"
 
-    def __init__(self, layout: Layout, python: str) -> None:
+    def __init__(self, layout: Layout, python: str,
+                 budget: RestartBudget | None = None) -> None:
         self.layout = layout
         self.python = python
+        self.budget = budget or RestartBudget()
 
     def stop_script(self) -> str:
         """Stop the supervisor group if one runs (validated: the pid must belong to a
@@ -113,6 +132,7 @@ class ProcessSupervisor:
             'LINES=$(wc -l < "$D/runner.log" 2>/dev/null || echo 0)\n'
             'echo "offset $OFF lines $LINES" >&2\n'
             'rm -f "$RUN/exit"\n'
+            f'{self.budget.env()} '
             f'setsid sh "$D/supervise.sh" "$RUN" "$D" {q([self.python, start_id, input_mode])}'
             " </dev/null >/dev/null 2>&1 &\n"
             "SUP=$!\n"
@@ -138,6 +158,24 @@ class ProcessSupervisor:
             'else echo stopped; fi\n'
         )
 
+    def health_script(self) -> str:
+        """Status, then ``exit ID STATUS`` / ``restarts ID N`` when recorded, the current
+        deployment and the tail of its stderr (the liveness check, one SSH call)."""
+        return _health_script(self)
+
+
+def _health_script(sup: Supervisor) -> str:
+    q = quote_args
+    return (
+        sup.status_script()
+        + sup.exit_script()
+        + f"sed 's/^/restarts /' {q([sup.layout.run])}/restarts 2>/dev/null\n"
+        + f"C=$(readlink {q([sup.layout.current])}) && echo \"current ${{C##*/}}\" && "
+        f"tail -n 12 {q([sup.layout.models])}/\"${{C##*/}}/runner.err\" 2>/dev/null "
+        "| sed 's/^/err /'\n"
+        "true\n"
+    )
+
 
 class SystemdSupervisor:
     """A ``systemd --user`` service per work directory (needs lingering so it runs without a
@@ -146,9 +184,14 @@ class SystemdSupervisor:
 
     kind = "systemd"
 
-    def __init__(self, layout: Layout, python: str) -> None:
+    def __init__(self, layout: Layout, python: str,
+                 budget: RestartBudget | None = None) -> None:
         self.layout = layout
         self.python = python
+        self.budget = budget or RestartBudget()
+
+    def health_script(self) -> str:
+        return _health_script(self)
 
     def unit_text(self) -> str:
         run = self.layout.run

@@ -6,7 +6,7 @@ formats (``shared/reference/arduino-cli.md``): 1.x by default, 0.x shapes when
 ``TINYML_FAKE_ARDUINO_CLI_FORMAT`` is ``0.35``, ``0.29``... (``0.18`` for the pre-0.19 board
 list).
 
-* ``compile``: reads the rendered sketch with :func:`hal.arduino.sketch.read_sketch` (a
+* ``compile``: reads the rendered sketch with :func:`hal.virtual.sketch_reader.read_sketch` (a
   malformed sketch fails like a compiler error), writes the firmware image
   ``<build-path>/tinyml_sketch.ino.bin`` (:mod:`hal.virtual.image`), and reports section sizes
   from a toolchain model: core + TFLM library + per-op kernels + model + vectors for ``text``,
@@ -214,8 +214,9 @@ def cmd_compile(args) -> int:
     build_path = Path(args.build_path) if args.build_path else sketch_dir / "build"
     build_path.mkdir(parents=True, exist_ok=True)
 
-    from hal.arduino.sketch import SKETCH_NAME, read_sketch
+    from hal.arduino.sketch import SKETCH_NAME
     from hal.errors import InputError
+    from hal.virtual.sketch_reader import read_sketch
 
     banner = f"Using board 'nano33ble' from platform in folder: /stand-in/{PLATFORM['id']}\n"
     try:

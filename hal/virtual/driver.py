@@ -27,7 +27,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from hal.arduino import discovery
-from hal.arduino.driver import Nano33BleDriver, Nano33BleSettings
+from hal.arduino.driver import Nano33BleDriver
+from hal.arduino.settings import Nano33BleSettings
 from hal.deadline import Deadline
 from hal.driver import Discovered, DriverContext, DriverSettings, register_driver
 from hal.errors import InfraError
@@ -133,7 +134,7 @@ class VirtualNano33BleDriver(Nano33BleDriver):
 
     # -- hooks of the real driver ------------------------------------------------------
 
-    def _ports_dir(self) -> Path | None:
+    def ports_dir(self) -> Path | None:
         return self._ports
 
     def _cli_command(self) -> str | list[str]:
@@ -148,9 +149,9 @@ class VirtualNano33BleDriver(Nano33BleDriver):
             f"{CLI_ENV}_FORMAT": self.settings.cli_format,
         }
 
-    def _upload_port(self, deadline: Deadline) -> discovery.PortInfo:
+    def upload_port(self, deadline: Deadline) -> discovery.PortInfo:
         self.ensure_board(deadline)
-        return super()._upload_port(deadline)
+        return super().upload_port(deadline)
 
     @classmethod
     def _tools_command(cls, context: DriverContext) -> str | list[str]:

@@ -232,7 +232,7 @@ def test_shared_build_lock_hands_over_and_honours_deadline_and_cancel(tmp_path):
     as soon as it is released, and a waiter's timeout or cancel ends its wait."""
     import threading
 
-    from hal.arduino.cli import BuildSlot
+    from hal.arduino.build_slot import BuildSlot
     from hal.deadline import Deadline
     from hal.errors import Cancelled, InfraError
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hal.arduino.cli import ArduinoCli
-from hal.arduino.driver import check_build
+from hal.arduino.flash import check_build
 from hal.boards import get_profile
 from hal.deadline import Deadline
 from hal.errors import Cancelled, InfraError, InputError

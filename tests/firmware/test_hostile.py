@@ -13,10 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hal.arduino import sketch as sk
-from hal.arduino.sketch import SKETCH_FILES, read_sketch, render_sketch
+from hal.arduino.sketch import SKETCH_FILES, render_sketch
 from hal.driver import InstallRequest
 from hal.errors import InputError
 from hal.model.analysis import analyze
+from hal.virtual.sketch_reader import read_sketch
 from tests.firmware.helpers import EXAMPLES, model_config, syntax_check
 
 

@@ -12,10 +12,10 @@ import pytest
 from hal.arduino import sketch as sk
 from hal.arduino.sketch import (
     SKETCH_FILES,
-    read_sketch,
     render_sketch,
 )
 from hal.model import ops as model_ops
+from hal.virtual.sketch_reader import read_sketch
 from tests.firmware.helpers import model_config, syntax_check, uint8_config
 
 

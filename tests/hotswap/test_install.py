@@ -107,7 +107,7 @@ def test_a_lost_link_ends_classified_with_the_old_model_running(make_driver, fau
     err = info.value
     assert err.code == code and err.detail["protocol_code"] == protocol_code
     rollback = err.detail["rollback"]
-    assert rollback["verified"] and rollback["running_sha"] == sha(SPEECH)[:16]
+    assert rollback["verified"] and rollback["running_sha256"] == sha(SPEECH)[:16]
     assert not rollback["attempted"]
     assert lines.runs(SPEECH, mark)
 
@@ -121,7 +121,7 @@ def test_power_cut_mid_write_ends_classified_with_the_old_model_running(make_dri
         install(driver, WAND)
     assert info.value.code == "port_vanished"
     rollback = info.value.detail["rollback"]
-    assert rollback["verified"] and rollback["running_sha"] == sha(SPEECH)[:16]
+    assert rollback["verified"] and rollback["running_sha256"] == sha(SPEECH)[:16]
     assert lines.runs(SPEECH, mark, timeout_s=10)
     # the half-written slot is never booted; the next hot-swap starts over and succeeds
     report = install(driver, WAND)
@@ -137,8 +137,8 @@ def test_model_that_fails_to_allocate_falls_back_by_itself(make_driver):
         install(driver, WAND)
     assert info.value.code == "alloc_failed"
     rollback = info.value.detail["rollback"]
-    assert rollback["by"] == "firmware" and rollback["verified"]
-    assert rollback["running_sha"] == sha(SPEECH)[:16]
+    assert "firmware" in rollback["reason"] and rollback["verified"] and rollback["attempted"]
+    assert rollback["running_sha256"] == sha(SPEECH)[:16]
     assert lines.runs(SPEECH, mark)
 
 
@@ -151,7 +151,7 @@ def test_model_that_faults_at_boot_falls_back_after_its_boot_attempts(make_drive
         install(driver, WAND)
     assert info.value.code == "boot_silent"
     rollback = info.value.detail["rollback"]
-    assert rollback["by"] == "firmware" and rollback["running_sha"] == sha(SPEECH)[:16]
+    assert "firmware" in rollback["reason"] and rollback["running_sha256"] == sha(SPEECH)[:16]
     assert lines.runs(SPEECH, mark)
 
 

@@ -90,7 +90,8 @@ def test_model_that_fails_to_load_rolls_back_to_the_previous(make_driver):
     assert err.code == "model_load_failed"
     assert "ethos-u" in err.detail["interpreter_message"]
     assert err.detail["rollback"]["verified"] is True
-    assert err.detail["rollback"]["previous"] == good.model_sha256
+    assert err.detail["rollback"]["running_sha256"] == good.model_sha256
+    assert err.detail["rollback"]["attempted"] is True
     assert serving(drv, good.model_sha256)
 
 
@@ -99,7 +100,9 @@ def test_first_install_failing_leaves_nothing_running(make_driver):
     with pytest.raises(DeviceError, match="model_load_failed") as info:
         drv.install(InstallRequest(model=model("audio_preprocessor_int8.tflite")),
                     Deadline(60))
-    assert info.value.detail["rollback"] == {"previous": None, "restarted": False}
+    rollback = info.value.detail["rollback"]
+    assert (rollback["needed"], rollback["attempted"], rollback["verified"],
+            rollback["running_sha256"]) == (True, False, False, None)
     assert drv.runner_status(Deadline(10))["state"] == "stopped"
 
 

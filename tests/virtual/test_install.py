@@ -143,8 +143,9 @@ def test_boot_silent_when_the_sketch_never_prints(make_driver):
         driver.install(InstallRequest(model=SPEECH), Deadline(30))
     assert ei.value.code == "boot_silent" and ei.value.detail["raw_lines"] == 0
     # a first install has nothing to roll back to, and says so
-    assert ei.value.detail["rollback"] == {"ok": False, "needed": True,
-                                           "reason": "no previously verified model"}
+    rollback = ei.value.detail["rollback"]
+    assert (rollback["needed"], rollback["attempted"], rollback["verified"],
+            rollback["reason"]) == (True, False, False, "no previously verified model")
 
 
 def test_hard_fault_silences_the_board_until_the_next_reset(make_driver):

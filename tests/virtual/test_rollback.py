@@ -69,8 +69,9 @@ def test_alloc_failed_rolls_back_to_the_last_verified_model(make_driver):
     err = ei.value
     assert err.code == "alloc_failed" and err.detail["arena_bytes"] == 2048  # the original
     rollback = err.detail["rollback"]
-    assert rollback["ok"] is True and rollback["running_sha"] == sha(HELLO)[:16]
-    assert rollback["model_sha256"] == sha(HELLO)
+    assert rollback["verified"] is True and rollback["attempted"] is True
+    assert rollback["running_sha256"] == sha(HELLO)
+    assert rollback["boot"]["sha"] == sha(HELLO)[:16]
     steps = [(s, st) for s, st, _ in progress]
     assert steps[-3:] == [("verify_boot", "failed"), ("rollback", "started"),
                           ("rollback", "done")]
@@ -90,8 +91,8 @@ def test_boot_silent_rolls_back_and_a_later_good_install_becomes_the_target(make
         driver.install(InstallRequest(model=SPEECH), Deadline(60), recorder(progress))
     err = ei.value
     assert err.code == "boot_silent"
-    assert err.detail["rollback"]["ok"] is True
-    assert err.detail["rollback"]["running_sha"] == sha(HELLO)[:16]
+    assert err.detail["rollback"]["verified"] is True
+    assert err.detail["rollback"]["running_sha256"] == sha(HELLO)
     assert ("rollback", "done") in [(s, st) for s, st, _ in progress]
     assert flashed_sha(driver) == sha(HELLO)
     assert observed_model_shas(driver) == {sha(HELLO)[:16]}
@@ -109,8 +110,9 @@ def test_first_install_failing_reports_that_no_rollback_is_possible(make_driver)
         driver.install(InstallRequest(model=HELLO, arena_bytes=1024), Deadline(30),
                        recorder(progress))
     assert ei.value.code == "alloc_failed"
-    assert ei.value.detail["rollback"] == {"ok": False, "needed": True,
-                                           "reason": "no previously verified model"}
+    rollback = ei.value.detail["rollback"]
+    assert (rollback["needed"], rollback["attempted"], rollback["verified"],
+            rollback["reason"]) == (True, False, False, "no previously verified model")
     assert ("rollback", "skipped") in [(s, st) for s, st, _ in progress]
     assert driver.verified_store().load() is None  # nothing was kept from a failed boot
 
@@ -126,7 +128,7 @@ def test_damaged_verified_image_is_not_uploaded_and_the_original_error_stands(ma
         driver.install(InstallRequest(model=SPEECH, arena_bytes=2048), Deadline(60))
     assert ei.value.code == "alloc_failed"
     rollback = ei.value.detail["rollback"]
-    assert rollback["ok"] is False and "damaged" in rollback["reason"]
+    assert rollback["verified"] is False and "damaged" in rollback["reason"]
     assert "does not match its recorded sha256" in rollback["reason"]
     assert flashed_sha(driver) == sha(SPEECH)  # B stays; nothing altered was flashed
 
@@ -139,7 +141,8 @@ def test_wrong_model_needs_no_rollback(make_driver):
         driver.install(InstallRequest(model=SPEECH), Deadline(30), recorder(progress))
     assert ei.value.code == "wrong_model"
     rollback = ei.value.detail["rollback"]
-    assert rollback["needed"] is False and rollback["running_sha"] == sha(HELLO)[:16]
+    assert rollback["needed"] is False and rollback["running_sha256"] == sha(HELLO)[:16]
+    assert rollback["verified"] is True and rollback["attempted"] is False
     assert "still runs its old model" in rollback["reason"]
     assert not any(step == "rollback" for step, _, _ in progress)
 
@@ -161,6 +164,6 @@ def test_cancel_during_an_upload_that_does_not_boot_rolls_back(make_driver):
     detail = ei.value.detail
     assert detail["error"]["code"] == "boot_silent"
     assert detail["board_state"] == "old_model_verified"
-    assert detail["rollback"]["ok"] is True
-    assert detail["rollback"]["running_sha"] == sha(HELLO)[:16]
+    assert detail["rollback"]["verified"] is True
+    assert detail["rollback"]["running_sha256"] == sha(HELLO)
     assert flashed_sha(driver) == sha(HELLO)
