@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hal.arduino import hotswap, hotswap_protocol as hp
+from hal.arduino import hotswap
+from hal.arduino import hotswap_protocol as hp
 from hal.arduino.sketch import HOTSWAP_FILES, SKETCH_NAME, render_sketch
 from hal.model.analysis import analyze
 from tests.firmware.helpers import EXAMPLES, model_config, syntax_check
