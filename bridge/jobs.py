@@ -129,10 +129,6 @@ class JobManager:
         self._lock = threading.Lock()
         self._closing = False
 
-    def recover(self) -> list[str]:
-        """At start: jobs a previous process left queued/running become interrupted."""
-        return self.store.mark_interrupted(utc_now())
-
     # ---------------------------------------------------------------------- submit
 
     def submit(self, device_id: str, model: bytes, options: InstallOptions) -> Job:
@@ -216,15 +212,12 @@ class JobManager:
                     error = Cancelled(f"job {job.id} cancelled", cause=error.to_dict())
                 job.error = error.to_dict()
         self._save(job)
-        with slot.lock:
-            slot.job_id = None
-            slot.last_outcome = job.state
-            if job.state == "succeeded":
-                slot.model = {"sha256": job.model_sha256, "since": now, "job_id": job.id}
-                slot.last_error = None
-                self.store.set_verified_model(slot.id, job.model_sha256, now, job.id)
-            else:
-                slot.last_error = job.error
+        # The device's state follows from the job's outcome (and the driver's typed
+        # rollback outcome): hal.driver.RollbackOutcome, read in one place.
+        model = slot.job_finished(job.state, job.model_sha256, job.error, now, job.id)
+        if model is not None:
+            self.store.set_verified_model(slot.id, model["sha256"], model["since"],
+                                          model["job_id"])
         job.done.set()
         with self._lock:
             self._live.pop(job.id, None)

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.config import DEVICE_ID_PATTERN
+from hal.vectors import MAX_INPUT_VECTORS
 
 JOB_ID_PATTERN = r"^[0-9a-f]{16}$"
 
@@ -69,8 +70,58 @@ class ModelRef(_Response):
     since: str
 
 
+class DeviceHealth(_Response):
+    """Liveness of what runs on the device, from the driver's observation: ``ok`` (it runs,
+    or its supervisor restarted it within the budget: ``restarts``), ``crashed`` (a Pi runner
+    exited and its supervisor gave up: ``exit_code`` and ``stderr_tail``; a Nano printed
+    nothing for ``silent_s`` seconds, more than its configured status periods), ``none``
+    (nothing of ours is deployed)."""
+
+    state: Literal["ok", "crashed", "none"]
+    message: str
+    exit_code: int | None = None
+    stderr_tail: str = ""
+    restarts: int = 0
+    silent_s: float | None = None
+    at: str
+
+
+class Rollback(_Response):
+    """What a failed install left running (``hal.driver.RollbackOutcome``), the same for every
+    driver: ``needed`` (the install had changed the device), ``attempted``, ``verified`` (the
+    model ``running_sha256`` -- full hash or a 16-hex prefix -- was seen running afterwards)
+    and ``reason``."""
+
+    needed: bool
+    attempted: bool
+    verified: bool
+    running_sha256: str | None
+    reason: str
+    error: dict[str, Any] | None = None
+    boot: dict[str, Any] | None = None
+
+
 class Device(_Response):
-    """A device: what it is, where, and what it is doing."""
+    """A device: what it is, where, and what it is doing.
+
+    ``state`` (README "Device states"), with what moves a device there:
+
+    * ``idle``: no verified model yet (a new device; nothing deployed).
+    * ``installing``: a job started (from any state); it ends in one of the others.
+    * ``running``: a verified install; a failed install whose rollback was verified or that
+      left the old model running (``rollback.verified``); a failed install that never touched
+      the device (``rollback.needed`` false) keeps the state it had; a crashed runner that
+      lives again (``health.state`` back to ``ok``).
+    * ``failed``: a failed install that left no verified model running (the rollback failed
+      or was impossible), or a job cut off by a restart (``interrupted``).
+    * ``crashed``: ``health.state`` is ``crashed`` (a Pi runner exited and its supervisor gave
+      up after its restart budget; a Nano printed nothing for its configured status periods).
+
+    ``state_reason`` says why in words. Three separate fields that never overwrite each other:
+    ``last_error`` (the last job's error, set only when a job ends), ``link_error`` (port or
+    SSH trouble of the observation, cleared when the link works again) and ``health``;
+    ``rollback`` is the last failed job's typed rollback outcome. ``connected`` is whether
+    the port or SSH connection is there right now."""
 
     id: str
     driver: str
@@ -78,9 +129,13 @@ class Device(_Response):
     address: str
     connected: bool
     serial_number: str | None
-    state: Literal["idle", "installing", "running", "failed"]
+    state: Literal["idle", "installing", "running", "failed", "crashed"]
+    state_reason: str
     model: ModelRef | None
     last_error: ErrorBody | None
+    link_error: ErrorBody | None
+    health: DeviceHealth | None
+    rollback: Rollback | None
     job_id: str | None
 
 
@@ -98,7 +153,7 @@ class InstallOptions(BaseModel):
 
     labels: list[Label] = Field(default_factory=list, max_length=1024)
     input_vectors: list[Annotated[list[FiniteFloat], Field(max_length=1 << 20)]] = Field(
-        default_factory=list, max_length=256)
+        default_factory=list, max_length=MAX_INPUT_VECTORS)
     arena_bytes: int | None = Field(None, ge=1024, le=256 * 1024 * 1024)
     boot_deadline_s: float = Field(20.0, gt=0, le=600, allow_inf_nan=False)
     input_source: str = Field("vectors", pattern=r"^[a-z][a-z0-9_-]{0,31}$")

@@ -16,7 +16,14 @@ from typing import Any
 from bridge.config import BridgeConfig, DeviceConfig, valid_device_id
 from bridge.state import StateStore
 from bridge.streams import DeviceStream, utc_now
-from hal.driver import Discovered, Driver, build_driver, get_driver_class
+from hal.driver import (
+    Discovered,
+    Driver,
+    Health,
+    RollbackOutcome,
+    build_driver,
+    get_driver_class,
+)
 from hal.errors import HalError, InputError, as_hal_error
 from hal.protocol import DeviceLine, ErrorLine
 
@@ -26,10 +33,18 @@ log = logging.getLogger(__name__)
 # device on one of these is that device, not a new one.
 _IDENTITY_KEYS = ("serial_number", "port", "host")
 INFO_TTL_S = 0.5
+# Finished jobs replayed at start to restore a device's state (a failure that never touched
+# the device leaves the state an earlier job set).
+RESTORE_JOBS = 20
 
 
 class DeviceSlot:
-    """One device as the bridge tracks it."""
+    """One device as the bridge tracks it. Every field below ``lock`` is written under it
+    (job threads, observation threads and requests all touch them).
+
+    Three separate sources of "why", never overwriting each other: ``last_error`` is the last
+    job's error (written only when a job ends), ``link_error`` the observation's port or SSH
+    trouble (cleared when the link works again), ``health`` the runner's liveness."""
 
     def __init__(self, device_id: str, driver: Driver, *, configured: bool,
                  settings: dict[str, Any], stream: DeviceStream) -> None:
@@ -43,28 +58,90 @@ class DeviceSlot:
         self.job_id: str | None = None
         self.model: dict[str, str] | None = None  # last verified {"sha256","since","job_id"}
         self.last_outcome: str | None = None  # state of the last finished job
-        self.last_error: dict[str, Any] | None = None
+        self.last_error: dict[str, Any] | None = None  # the last job's error
+        self.rollback: RollbackOutcome | None = None  # what the last failed job left running
+        self.failed = False  # the last install left no verified model running
+        self.link_error: dict[str, Any] | None = None
+        self.health: dict[str, Any] | None = None
         self.observing = False
-        self._observe_error = False
         self._info_cache: tuple[float, dict[str, Any]] | None = None
         self._info_refresh = threading.Lock()
 
-    # Called from the driver's observation thread.
+    # -- from the driver's observation thread -----------------------------------------------
+
     def on_line(self, line: DeviceLine) -> None:
         self.stream.publish(line)
-        if self._observe_error:
-            # The device talks again: the port trouble is over.
-            self._observe_error = False
-            if self.last_error is not None and self.last_error.get("source") == "observe":
-                self.last_error = None
-            log.info("device=%s observation resumed", self.id)
         if isinstance(line, ErrorLine):
             log.info("device=%s error line code=%s", self.id, line.code)
 
-    def on_error(self, error: HalError) -> None:
-        self._observe_error = True
-        self.last_error = {**error.to_dict(), "at": utc_now(), "source": "observe"}
-        log.warning("device=%s observation error %s: %s", self.id, error.code, error.message)
+    def on_link_error(self, error: HalError) -> None:
+        with self.lock:
+            self.link_error = {**error.to_dict(), "at": utc_now()}
+        log.warning("device=%s link error %s: %s", self.id, error.code, error.message)
+
+    def on_link_ok(self) -> None:
+        with self.lock:
+            was, self.link_error = self.link_error, None
+        if was is not None:
+            log.info("device=%s link works again (was %s)", self.id, was.get("code"))
+
+    def on_health(self, health: Health) -> None:
+        with self.lock:
+            self.health = {**health.to_dict(), "at": utc_now()}
+
+    # -- from jobs ----------------------------------------------------------------------------
+
+    def job_finished(self, state: str, sha256: str, error: dict[str, Any] | None, now: str,
+                     job_id: str) -> dict[str, str] | None:
+        """Record a finished job (clears ``job_id``). Returns the device's new verified model
+        record when it changed (to persist), else None.
+
+        A success makes the model verified. A failure reads the driver's typed
+        :class:`RollbackOutcome`: a verified rollback (or a board that kept its old model)
+        leaves the device running that model; a failure that never touched the device leaves
+        it as it was; anything else (a failed rollback, none possible, an interrupted job)
+        leaves it ``failed``."""
+        with self.lock:
+            self.job_id = None
+            return self._apply_job(state, sha256, error, now, job_id)
+
+    def _apply_job(self, state: str, sha256: str, error: dict[str, Any] | None, now: str,
+                   job_id: str) -> dict[str, str] | None:
+        self.last_outcome = state
+        if state == "succeeded":
+            self.model = {"sha256": sha256, "since": now, "job_id": job_id}
+            self.failed, self.last_error, self.rollback, self.health = False, None, None, None
+            return self.model
+        self.last_error = error
+        rb = self.rollback = rollback_of(error)
+        if rb is None:
+            self.failed = True
+            return None
+        if rb.verified and rb.running_sha256:
+            self.health = None  # a new runner: liveness is asked again
+            if self.model is not None and rb.runs(self.model["sha256"]):
+                self.failed = False
+                return None
+            if len(rb.running_sha256) == 64:
+                self.model = {"sha256": rb.running_sha256, "since": now, "job_id": job_id}
+                self.failed = False
+                return self.model
+            self.failed = True  # it runs a model this bridge never verified
+            return None
+        if not rb.needed:
+            return None  # untouched: the device is as it was
+        self.failed = True
+        return None
+
+    def restore(self, model: dict[str, str] | None, jobs: list[dict[str, Any]]) -> None:
+        """At start: the persisted verified model and the recent jobs' outcomes (newest
+        first, as the store lists them), replayed oldest first."""
+        with self.lock:
+            for job in reversed(jobs):
+                if job["state"] not in ("queued", "running"):
+                    self._apply_job(job["state"], job["model_sha256"], job.get("error"),
+                                    job.get("finished_at") or "", job["id"])
+            self.model = model  # the persisted record is the truth about the model
 
     def info(self) -> dict[str, Any]:
         """The driver's description; a driver that fails here is shown disconnected.
@@ -101,29 +178,37 @@ class DeviceSlot:
         self._info_cache = (now, data)
         return data
 
-    def _rolled_back(self) -> bool:
-        """The last install failed but the driver put the verified model back and saw it
-        boot: the device runs that model (the failure stays in ``last_error``)."""
-        detail = (self.last_error or {}).get("detail") or {}
-        rollback = detail.get("rollback") if isinstance(detail, dict) else None
-        return (isinstance(rollback, dict) and rollback.get("ok") is True
-                and self.model is not None
-                and self.model["sha256"].startswith(str(rollback.get("running_sha") or "-")))
+    def state(self) -> tuple[str, str]:
+        """The device's state (see README "Device states") and a sentence saying why."""
+        with self.lock:
+            job_id, model, health = self.job_id, self.model, self.health
+            failed, error, rb = self.failed, self.last_error, self.rollback
+        if job_id is not None:
+            return "installing", f"job {job_id} is installing a model"
+        if health is not None and health.get("state") == "crashed":
+            return "crashed", str(health.get("message") or "the runner stopped")
+        if failed:
+            why = f"the last install failed ({(error or {}).get('code', 'unknown')})"
+            if rb is not None:
+                why += f"; rollback: {rb.reason}"
+            return "failed", why
+        if model is not None:
+            why = f"model {model['sha256'][:16]} verified"
+            if rb is not None and error is not None:
+                why += f"; the last install failed ({error.get('code')}) and {rb.reason}"
+            return "running", why
+        return "idle", "no verified model on this device"
 
     def describe(self) -> dict[str, Any]:
         """The API's Device object."""
         info = self.info()
-        if self.job_id is not None:
-            state = "installing"
-        elif self.last_outcome in ("failed", "interrupted") and not self._rolled_back():
-            state = "failed"
-        elif self.model is not None:
-            state = "running"
-        else:
-            state = "idle"
-        model = None
-        if self.model is not None:
-            model = {"sha256": self.model["sha256"], "since": self.model["since"]}
+        state, reason = self.state()
+        with self.lock:
+            model = None
+            if self.model is not None:
+                model = {"sha256": self.model["sha256"], "since": self.model["since"]}
+            last_error, link_error = self.last_error, self.link_error
+            health, rb, job_id = self.health, self.rollback, self.job_id
         return {
             "id": self.id,
             "driver": self.driver_name,
@@ -132,10 +217,29 @@ class DeviceSlot:
             "connected": bool(info.get("connected")),
             "serial_number": info.get("serial_number"),
             "state": state,
+            "state_reason": reason,
             "model": model,
-            "last_error": _public_error(self.last_error),
-            "job_id": self.job_id,
+            "last_error": _public_error(last_error),
+            "link_error": _public_error(link_error),
+            "health": dict(health) if health is not None else None,
+            "rollback": rb.to_dict() if rb is not None and last_error is not None else None,
+            "job_id": job_id,
         }
+
+
+def rollback_of(error: dict[str, Any] | None) -> RollbackOutcome | None:
+    """The typed rollback outcome a failed job's error carries (also inside a cancel's
+    ``cause``), or None."""
+    detail = (error or {}).get("detail")
+    for _ in range(3):
+        if not isinstance(detail, dict):
+            return None
+        found = RollbackOutcome.from_dict(detail.get("rollback"))
+        if found is not None:
+            return found
+        cause = detail.get("cause") or detail.get("error")
+        detail = cause.get("detail") if isinstance(cause, dict) else None
+    return None
 
 
 def _public_error(err: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -188,12 +292,8 @@ class DeviceRegistry:
                           stream=DeviceStream(driver.device_id, obs.buffer_lines,
                                               obs.subscriber_queue))
         if self.store is not None:
-            slot.model = self.store.verified_model(slot.id)
-            last = self.store.last_job(slot.id)
-            if last is not None:
-                slot.last_outcome = last["state"]
-                if last["state"] != "succeeded":
-                    slot.last_error = last["error"]
+            slot.restore(self.store.verified_model(slot.id),
+                         self.store.list_jobs(slot.id, RESTORE_JOBS))
         with self._lock:
             if slot.id in self._slots:
                 raise InputError("bad_config", f"device id {slot.id!r} is used twice")
@@ -205,11 +305,14 @@ class DeviceRegistry:
         return slot
 
     def start_observing(self, slot: DeviceSlot) -> None:
+        """Start the driver's observation (always, whether or not anything is deployed or
+        the device is reachable: the driver's loop retries and reports link trouble)."""
         try:
-            slot.driver.start_observing(slot.on_line, slot.on_error)
+            slot.driver.listen(on_health=slot.on_health, on_link_ok=slot.on_link_ok)
+            slot.driver.start_observing(slot.on_line, slot.on_link_error)
             slot.observing = True
         except Exception as exc:
-            slot.on_error(as_hal_error(exc))
+            slot.on_link_error(as_hal_error(exc))
 
     def close(self) -> None:
         """Stop discovery, end every stream and release every driver (ports, connections)."""

@@ -211,8 +211,9 @@ class Demo:
         self.cli("devices")
         dev = client.device(DEVICE)
         rollback = ((failed.get("error") or {}).get("detail") or {}).get("rollback") or {}
-        self.expect(rollback.get("ok") is True and sha.startswith(
-            str(rollback.get("running_sha"))), "the driver flashed the previously verified "
+        running = str(rollback.get("running_sha256") or "")
+        self.expect(rollback.get("verified") is True and len(running) >= 16 and
+                    running[:16] == sha[:16], "the driver flashed the previously verified "
             "model back and saw it boot")
         self.expect(dev.get("state") == "running" and (dev.get("last_error") or {}).get(
             "code") == "alloc_failed", "the device runs its verified model; the failure is "

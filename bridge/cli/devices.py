@@ -10,7 +10,8 @@ from bridge.cli.common import CONNECTION_HELP, Invocation, bridge_command
 @click.command(
     epilog=CONNECTION_HELP,
     help="""List the bridge's devices: driver, board, port or host, state (idle, installing,
-running, failed), the model last verified on it and the last error.
+running, failed, crashed), the model last verified on it and why it is not simply running
+(the job's error, the link's error or the runner's health, each shown on its own).
 
 \b
 Examples:
@@ -23,7 +24,7 @@ Examples:
 @click.argument("device", required=False)
 @bridge_command
 def devices(inv: Invocation, device: str | None) -> int:
-    from bridge.cli.render import render_devices, render_error
+    from bridge.cli.render import render_device_detail, render_devices
 
     with inv.client() as client:
         if device:
@@ -32,9 +33,8 @@ def devices(inv: Invocation, device: str | None) -> int:
                 inv.emit_json(data)
                 return 0
             click.echo(render_devices([data]))
-            if data.get("last_error"):
-                click.echo("\nlast error:")
-                click.echo(render_error(data["last_error"]))
+            click.echo("")
+            click.echo(render_device_detail(data))
             return 0
         items = client.devices()
     if inv.as_json:

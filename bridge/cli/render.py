@@ -17,6 +17,7 @@ STATE_COLOURS = {
     "installing": "yellow",
     "running": "green",
     "failed": "red",
+    "crashed": "red",
     "queued": "yellow",
     "succeeded": "green",
     "cancelled": "magenta",
@@ -79,7 +80,22 @@ def fmt_bytes(value: Any) -> str:
     return f"{value:,} B"
 
 
-def fmt_number(value: Any) -> str:
+# Integers that are names, not quantities: never grouped ("port 38011", not "38,011").
+_IDENTIFIER_KEYS = ("port", "pid", "uid", "gid", "status", "code", "line", "seq", "index",
+                    "job", "id", "year")
+
+
+def _is_identifier(key: str | None) -> bool:
+    if not key:
+        return False
+    words = key.lower().replace("-", "_").split("_")
+    return any(w in _IDENTIFIER_KEYS or w.endswith("port") or w.endswith("pid")
+               for w in words)
+
+
+def fmt_number(value: Any, key: str | None = None) -> str:
+    """A value for display; large quantities get thousands separators, identifiers (ports,
+    pids, exit statuses, line numbers: told by ``key``) never do."""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
@@ -87,7 +103,8 @@ def fmt_number(value: Any) -> str:
             return str(value)
         return f"{value:.4g}"
     if isinstance(value, int):
-        return f"{value:,}" if abs(value) >= 10000 else str(value)
+        grouped = abs(value) >= 10000 and not _is_identifier(key)
+        return f"{value:,}" if grouped else str(value)
     return str(value)
 
 
@@ -96,7 +113,8 @@ def short_sha(value: Any) -> str:
 
 
 def state(text: str) -> str:
-    return click.style(text, fg=STATE_COLOURS.get(text), bold=text in ("failed", "running"))
+    return click.style(text, fg=STATE_COLOURS.get(text),
+                       bold=text in ("failed", "running", "crashed"))
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
@@ -125,7 +143,7 @@ def detail_items(detail: Any, skip: tuple[str, ...] = (), limit: int = 6,
             continue
         if numbers_only and not isinstance(value, int | float | bool):
             continue
-        text = fmt_number(value)
+        text = fmt_number(value, key)
         if len(text) > 60:
             text = text[:57] + "..."
         parts.append(f"{key}={text}")
@@ -156,27 +174,54 @@ def render_error(err: dict[str, Any]) -> str:
                 if key == "running_job" or "id" in value:
                     value = value.get("id", value)
                 else:
-                    value = ", ".join(f"{k}={fmt_number(v)}" for k, v in value.items())
+                    value = ", ".join(f"{k}={fmt_number(v, k)}" for k, v in value.items())
             elif isinstance(value, list):
                 value = ", ".join(str(v) for v in value[:10]) + (" ..." if len(value) > 10
                                                                  else "")
-            lines.append(f"  {key}: {fmt_number(value)}")
+            lines.append(f"  {key}: {fmt_number(value, key)}")
         if fix:
             lines.append(click.style(f"  fix: {fix}", fg="cyan"))
     return "\n".join(lines)
 
 
 def render_rollback(rollback: dict[str, Any]) -> str:
-    """What the device runs after a failed install (the driver's ``detail.rollback``)."""
-    sha = str(rollback.get("running_sha") or "")[:16]
-    if rollback.get("ok") and rollback.get("needed", True):
-        return f"the previously verified model {sha} was flashed back and booted"
-    if rollback.get("ok"):
-        return f"not needed: {rollback.get('reason') or f'the device still runs {sha}'}"
-    return click.style(f"not done: {rollback.get('reason', 'unknown reason')}", fg="yellow")
+    """What the device runs after a failed install: the typed rollback outcome
+    (``hal.driver.RollbackOutcome``), read the same way for every driver."""
+    sha = str(rollback.get("running_sha256") or "")[:16]
+    reason = str(rollback.get("reason") or "")
+    if rollback.get("verified") and rollback.get("attempted"):
+        return f"done: {reason or f'the previously verified model {sha} runs again'}"
+    if rollback.get("verified"):
+        return f"not needed: {reason or f'the device still runs {sha}'}"
+    if not rollback.get("needed", True):
+        return f"not needed: {reason or 'the device was not changed'}"
+    verb = "failed" if rollback.get("attempted") else "not done"
+    return click.style(f"{verb}: {reason or 'no reason given'}", fg="yellow")
 
 
 # -------------------------------------------------------------------------------- devices
+
+
+def device_note(d: dict[str, Any]) -> str:
+    """The one-line note of a device listing: the job, or why it is not simply running."""
+    st = str(d.get("state", "?"))
+    if d.get("job_id"):
+        return f"job {d['job_id']}"
+    link, health, err = d.get("link_error"), d.get("health") or {}, d.get("last_error")
+    if st == "crashed":
+        text = str(d.get("state_reason") or health.get("message") or "crashed")
+        if health.get("exit_code") is not None:
+            text += f" (exit {health['exit_code']})"
+        return click.style(text[:90], fg="red")
+    if st == "failed" and err:
+        return click.style(f"{err.get('code')}: {err.get('message', '')}"[:90], fg="red")
+    if link:
+        return click.style(f"link: {link.get('code')}: {link.get('message', '')}"[:90],
+                           fg="yellow")
+    if st == "failed":
+        return click.style(str(d.get("state_reason") or "the last install failed")[:90],
+                           fg="red")
+    return ""
 
 
 def render_devices(devices: list[dict[str, Any]]) -> str:
@@ -193,16 +238,34 @@ def render_devices(devices: list[dict[str, Any]]) -> str:
             running = f"{short_sha(model.get('sha256'))} since {when(model.get('since'))}"
         else:
             running = "-"
-        note = ""
-        if d.get("job_id"):
-            note = f"job {d['job_id']}"
-        elif d.get("last_error") and (st == "failed" or not d.get("connected", True)):
-            # An old error of a device that now works is history, not a note.
-            e = d["last_error"]
-            note = click.style(f"{e.get('code')}: {e.get('message', '')}"[:80], fg="red")
+        note = device_note(d)
         rows.append([str(d.get("id", "?")), str(d.get("driver", "")), str(d.get("board", "")),
                      str(d.get("address", "")), cell, running, note])
     return table(["ID", "DRIVER", "BOARD", "ADDRESS", "STATE", "VERIFIED MODEL", "NOTE"], rows)
+
+
+def render_device_detail(d: dict[str, Any]) -> str:
+    """One device in full: why it is in its state, then the job error, the link error, the
+    runner's health and the rollback, each on its own (they never overwrite each other)."""
+    out = [f"state: {state(str(d.get('state', '?')))}: {d.get('state_reason', '')}"]
+    if d.get("last_error"):
+        out += ["", "last job error:", render_error(d["last_error"])]
+    if d.get("rollback"):
+        out.append(f"  rollback: {render_rollback(d['rollback'])}")
+    if d.get("link_error"):
+        out += ["", "link error:", render_error(d["link_error"])]
+    health = d.get("health")
+    if health:
+        line = f"health: {health.get('state')}: {health.get('message', '')}"
+        if health.get("restarts"):
+            line += f" (restarts {health['restarts']})"
+        if health.get("exit_code") is not None:
+            line += f" (exit status {health['exit_code']})"
+        out += ["", line]
+        if health.get("stderr_tail"):
+            out.append(click.style("  stderr: " + str(health["stderr_tail"])[-600:]
+                                   .replace("\n", "\n          "), dim=True))
+    return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------------- jobs
@@ -359,10 +422,6 @@ def render_stream_event(event: str, data: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------- doctor
-
-
-def check_failed(check: dict[str, Any]) -> bool:
-    return not check.get("ok", False)
 
 
 def render_check(check: dict[str, Any], indent: str = "  ", warn_only: bool = False) -> str:

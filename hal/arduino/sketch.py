@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 from hal.errors import BugError, InputError
 from hal.model.ops import resolver_method
 from hal.model.report import ModelReport
+from hal.vectors import MAX_INPUT_VECTORS, check_input_vectors
 
 if TYPE_CHECKING:  # the stand-in's compile imports this module: keep pydantic out of it
     from hal.driver import InstallRequest
@@ -75,7 +76,7 @@ CAMERA_SIDE = 96  # the OV7675 frame is cropped and scaled to 96x96 grayscale
 MAX_LABELS = 1024
 MAX_LABEL_CHARS = 48
 MAX_LABEL_WIRE_BYTES = 384
-MAX_VECTORS = 256
+MAX_VECTORS = MAX_INPUT_VECTORS
 MAX_VECTOR_BYTES = 192 * 1024  # flash the embedded test vectors may take
 MAX_INPUT_ELEMENTS = 1 << 20
 MAX_INPUT_RANK = 6
@@ -313,33 +314,11 @@ def _validate_input(c: SketchConfig) -> None:
                 math.isfinite(v) for v in rng) or rng[0] == rng[1]):
             raise _bad("camera_range", f"must be two different finite numbers, not {rng!r}")
     if len(vectors) > MAX_VECTORS:
-        raise _bad("input_vectors", f"{len(vectors)} vectors exceed {MAX_VECTORS}")
+        check_input_vectors(vectors, c.input_elements, shape, c.input_dtype)  # raises
     if c.vector_bytes > MAX_VECTOR_BYTES:  # before touching the values: cheap rejection
         raise _bad("input_vectors", f"the vectors take {c.vector_bytes} bytes of flash, over "
                    f"{MAX_VECTOR_BYTES}", bytes=c.vector_bytes, limit=MAX_VECTOR_BYTES)
-    import numpy as np
-
-    for i, vector in enumerate(vectors):
-        if not isinstance(vector, (tuple, list)) or len(vector) != c.input_elements:
-            got = len(vector) if isinstance(vector, (tuple, list)) else type(vector).__name__
-            raise _bad("input_vectors", f"vector {i} has {got} values; the input "
-                       f"{list(shape)} takes {c.input_elements}", index=i,
-                       expected=c.input_elements)
-        # Fast path: plain ints and floats (a C-speed type scan); else check each value.
-        plain = set(map(type, vector)) <= {int, float}
-        if not plain and not all(_is_real(v) for v in vector):
-            raise _bad("input_vectors", f"vector {i} holds a value that is not a number",
-                       index=i)
-        try:
-            values = np.asarray(vector, dtype=np.float64)
-        except OverflowError:  # an int too large for a double
-            values = np.array([np.inf])
-        if not np.isfinite(values).all():
-            raise _bad("input_vectors", f"vector {i} holds a value that is not a finite "
-                       "number", index=i)
-        if c.input_dtype == "float32" and (np.abs(values) > 3.4028234663852886e38).any():
-            raise _bad("input_vectors", f"vector {i} holds a value out of float32 range",
-                       index=i)
+    check_input_vectors(vectors, c.input_elements, shape, c.input_dtype)
 
 
 # ----------------------------------------------------------------------------- building

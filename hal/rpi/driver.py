@@ -56,12 +56,12 @@ from hal.rpi.supervise import (
     Supervisor,
     SystemdSupervisor,
 )
+from hal.vectors import check_input_vectors
 
 log = logging.getLogger(__name__)
 
 STEP_INSTALL_RUNTIME = "install_runtime"
 ROLLBACK_DEADLINE_S = 30.0
-MAX_VECTORS = 1024
 
 
 @register_driver("rpi")
@@ -131,15 +131,8 @@ class RpiDriver(Driver):
             if len(report.inputs) != 1:
                 raise InputError("bad_request", f"the runner feeds one input tensor; the "
                                  f"model has {len(report.inputs)}", inputs=len(report.inputs))
-            if len(request.input_vectors) > MAX_VECTORS:
-                raise InputError("bad_request", f"{len(request.input_vectors)} input vectors; "
-                                 f"at most {MAX_VECTORS}", vectors=len(request.input_vectors))
-            need = report.inputs[0].elements
-            for i, vec in enumerate(request.input_vectors):
-                if len(vec) != need:
-                    raise InputError("bad_request", f"input vector {i} has {len(vec)} values, "
-                                     f"the model's input needs {need}", index=i,
-                                     expected=need, got=len(vec))
+            check_input_vectors(request.input_vectors, report.inputs[0].elements,
+                                report.inputs[0].shape, report.inputs[0].dtype)
             ctx.sha256 = report.sha256
             ctx.data.update(report=report, source=source)
             info.update(sha256=report.sha256, size_bytes=report.size_bytes,

@@ -89,10 +89,10 @@ def test_alloc_failure_is_a_failure_never_a_success(vbridge):
     assert dev["last_error"]["code"] == "alloc_failed"
     rollback = job["error"]["detail"]["rollback"]
     if dev["model"] is None:  # nothing verified before: nothing to go back to
-        assert rollback["ok"] is False and dev["state"] == "failed"
+        assert rollback["verified"] is False and dev["state"] == "failed"
     else:  # the verified model was flashed back and booted: the device runs it again
-        assert rollback["ok"] is True and dev["state"] == "running"
-        assert dev["model"]["sha256"].startswith(rollback["running_sha"])
+        assert rollback["verified"] is True and dev["state"] == "running"
+        assert dev["model"]["sha256"].startswith(rollback["running_sha256"])
 
 
 def test_legacy_install_reports_a_silent_board_as_failure(vbridge):

@@ -172,13 +172,24 @@ def test_oversized_vectors_file(tmp_path):
 
 
 @pytest.mark.parametrize(("rollback", "expected"), [
-    ({"ok": True, "needed": True, "running_sha": "af5285ae154dc2400e98"},
-     "rollback: the previously verified model af5285ae154dc240 was flashed back and booted"),
-    ({"ok": True, "needed": False, "running_sha": "af5285ae154dc240",
-      "reason": "the board still runs its old model"},
+    # the typed outcome (hal.driver.RollbackOutcome), the same for every driver
+    ({"needed": True, "attempted": True, "verified": True,
+      "running_sha256": "af5285ae154dc2400e98" + "0" * 44,
+      "reason": "the previously verified model af5285ae154dc240 was flashed back and booted"},
+     "rollback: done: the previously verified model af5285ae154dc240 was flashed back and "
+     "booted"),
+    ({"needed": False, "attempted": False, "verified": True,
+      "running_sha256": "af5285ae154dc240", "reason": "the board still runs its old model"},
      "rollback: not needed: the board still runs its old model"),
-    ({"ok": False, "needed": True, "reason": "no previously verified model"},
+    ({"needed": True, "attempted": False, "verified": False, "running_sha256": None,
+      "reason": "no previously verified model"},
      "rollback: not done: no previously verified model"),
+    ({"needed": True, "attempted": True, "verified": False, "running_sha256": None,
+      "reason": "the rollback to af5285ae154dc240 failed: timeout"},
+     "rollback: failed: the rollback to af5285ae154dc240 failed: timeout"),
+    ({"needed": False, "attempted": False, "verified": False, "running_sha256": None,
+      "reason": "the install stopped in its fit phase, before it changed the device"},
+     "rollback: not needed: the install stopped in its fit phase"),
 ])
 def test_error_says_what_the_device_runs_after_a_rollback(rollback, expected):
     err = {"code": "alloc_failed", "class": "fit", "message": "m",

@@ -420,9 +420,14 @@ def test_bad_requests_are_refused_before_connecting(make_driver):
     with pytest.raises(InputError) as info:
         drv.install(InstallRequest(model=b"\x00" * 100), Deadline(10))
     assert info.value.code.startswith("model_")
-    with pytest.raises(InputError, match="bad_request"):
+    # the one validation of input vectors (hal.vectors), the same code and limit as a Nano's
+    with pytest.raises(InputError, match="bad_option"):
         drv.install(sine_request().__class__(model=model("sine_int8.tflite"),
                                              input_vectors=((1.0, 2.0),)), Deadline(10))
+    with pytest.raises(InputError, match="exceed 256") as info:
+        drv.install(InstallRequest(model=model("sine_int8.tflite"),
+                                   input_vectors=((0.5,),) * 257), Deadline(10))
+    assert info.value.detail["limit"] == 256
     with pytest.raises(InputError, match="bad_option"):
         drv.install(InstallRequest(model=model("sine_int8.tflite"),
                                    input_source="file:relative; rm -rf ~"), Deadline(10))
