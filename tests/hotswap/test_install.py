@@ -200,3 +200,32 @@ def test_setting_off_keeps_the_exact_ops_firmware(make_driver):
     first = install(driver, SPEECH)
     second = install(driver, WAND)
     assert first.boot.get("hotswap") is None and second.compiled
+
+
+def test_interrupted_transfer_resumes_where_the_board_stopped(make_driver):
+    from hal.arduino import hotswap_protocol as hp
+    from hal.arduino.hotswap_link import HotswapSession
+    from hal.arduino.serial_link import PortLink
+
+    driver = make_driver()
+    install(driver, SPEECH)
+    payload = hp.SlotPayload(model=WAND).pack()
+    port = driver.locate("sketch")
+    assert driver.pause_observation(3.0)
+    try:
+        with PortLink.open(port.device) as link:
+            first = HotswapSession(link, driver.deliver_line, Deadline(20))
+            sha256 = hashlib.sha256(payload).digest()
+            first.exchange(hp.BEGIN_T, hp.begin_payload(len(payload), len(WAND), 12000, sha256))
+            for off in range(0, 3 * hp.MAX_CHUNK, hp.MAX_CHUNK):
+                first.exchange(hp.CHUNK, hp.chunk_payload(off, payload[off:off + hp.MAX_CHUNK]))
+            # the host goes away (a bridge restart); a new session sends the same payload
+            second = HotswapSession(link, driver.deliver_line, Deadline(20))
+            slot = second.send(payload, len(WAND), 12000)
+            assert second.stats.resumed_at == 3 * hp.MAX_CHUNK
+            assert second.stats.frames == 2 + (len(payload) - 3 * hp.MAX_CHUNK + 1023) // 1024
+            second.activate(slot)
+            boot = second.wait_boot(sha(WAND), Deadline(8))
+            assert boot.sha == sha(WAND)[:16]
+    finally:
+        driver.resume_observation()
