@@ -198,12 +198,15 @@ static void reply_err(const char* op, uint16_t seq, const char* code, const char
 
 // ------------------------------------------------------------------------------ slots
 
+// Flash is memory mapped: an address is read in place (via uintptr_t: the host test build).
+static const uint8_t* flash_at(uint32_t addr) { return (const uint8_t*)(uintptr_t)addr; }
+
 static const HsHeader* header_at(uint8_t slot) {
-  return (const HsHeader*)g_slot_base[slot];
+  return (const HsHeader*)flash_at(g_slot_base[slot]);
 }
 
 static uint32_t word_at(uint8_t slot, uint32_t offset) {
-  return *(const volatile uint32_t*)(g_slot_base[slot] + offset);
+  return *(const volatile uint32_t*)flash_at(g_slot_base[slot] + offset);
 }
 
 static bool program_word(uint32_t addr, uint32_t value) {
@@ -220,7 +223,7 @@ static bool slot_valid(uint8_t slot) {
   if (memcmp(tv, h->template_version, sizeof(tv)) != 0) return false;
   if (h->total > TINYML_SLOT_BYTES - HS_HEADER_AREA || h->model_len > h->total) return false;
   uint8_t digest[32];
-  sha256((const uint8_t*)(g_slot_base[slot] + HS_HEADER_AREA), h->total, digest);
+  sha256(flash_at(g_slot_base[slot] + HS_HEADER_AREA), h->total, digest);
   return memcmp(digest, h->sha256, 32) == 0;
 }
 
@@ -288,7 +291,7 @@ bool tinyml_hs_load(uint8_t slot, TinymlHsModel* m) {
     return slot == TINYML_HS_BUILTIN;
   }
   const HsHeader* h = header_at(slot);
-  const uint8_t* base = (const uint8_t*)(g_slot_base[slot] + HS_HEADER_AREA);
+  const uint8_t* base = flash_at(g_slot_base[slot] + HS_HEADER_AREA);
   m->model = base;
   m->model_len = h->model_len;
   m->slot = slot;
@@ -448,7 +451,10 @@ static void handle_chunk(uint16_t seq, const uint8_t* p, uint16_t len) {
   const uint32_t offset = rd32(p);
   const uint32_t n = len - 4u;
   snprintf(extra, sizeof(extra), ",\"next\":%lu", (unsigned long)g_x.next);
-  if (offset + n <= g_x.next) return reply_ok("chunk", seq, ",\"dup\":1");
+  if (offset + n <= g_x.next) {  // a resend whose answer was lost: acknowledged again
+    snprintf(extra, sizeof(extra), ",\"next\":%lu,\"dup\":1", (unsigned long)g_x.next);
+    return reply_ok("chunk", seq, extra);
+  }
   if (offset != g_x.next || (offset & 3u) || offset + n > g_x.total ||
       ((n & 3u) && offset + n != g_x.total)) {
     return reply_err("chunk", seq, "order", extra);
@@ -474,7 +480,7 @@ static void handle_commit(uint16_t seq) {
   const uint32_t base = g_slot_base[g_x.slot];
   if (!g_x.committed) {
     uint8_t digest[32];
-    sha256((const uint8_t*)(base + HS_HEADER_AREA), g_x.total, digest);
+    sha256(flash_at(base + HS_HEADER_AREA), g_x.total, digest);
     if (memcmp(digest, g_x.sha, 32) != 0) {
       g_x.active = false;
       return reply_err("commit", seq, "sha_mismatch", "");
@@ -522,6 +528,7 @@ static int handle_activate(uint16_t seq, const uint8_t* p, uint16_t len) {
     if (slot_bootable(other) && header_at(other)->generation > header_at(slot)->generation) {
       slot_mark(other, HS_REJECTED_AT);  // a reset must boot what the host chose
     }
+    burn_attempt(slot);  // starting it counts as a boot until it ran an inference
   }
   g_x.active = false;
   char extra[16];

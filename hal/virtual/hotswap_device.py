@@ -102,15 +102,14 @@ class HotswapRuntime:
     def boot_image(self, reset: bool = True) -> tuple[Path, list[str]]:
         """At reset: the image to boot and the lines the firmware prints before it (one
         ``slot_rejected`` per slot given up). ``reset`` False: boot ``self.running``
-        (after ACTIVATE or a fall-back) without the reset's selection."""
+        (after ACTIVATE, which burnt its boot attempt, or a fall-back) without the reset's
+        selection."""
         lines: list[str] = []
         if reset:
             slot, rejected = self.slots.select_boot()
             for r in rejected:
                 lines.append(self._rejected_line(r, "faulted", slot))
             self.running = slot
-        elif self.running != hp.BUILTIN_SLOT:
-            self.slots.burn_attempt(self.running)
         return self._image_for(self.running), lines
 
     def _image_for(self, slot: int) -> Path:
@@ -354,8 +353,10 @@ class HotswapRuntime:
             return self._err("commit", f.seq, "no_transfer")
         if x["next"] != x["total"]:
             return self._err("commit", f.seq, "order", next=x["next"])
-        if x["committed"]:
-            return hp.reply_line("ok", "commit", f.seq, slot=x["slot"])
+        if x["committed"]:  # answered again (its answer was lost), written once
+            head = self.slots.header(x["slot"])
+            return hp.reply_line("ok", "commit", f.seq, slot=x["slot"],
+                                 gen=head.generation if head else 0)
         try:
             head = self.slots.commit(x["slot"], x["total"], x["model_len"], x["arena"], x["sha"])
         except ValueError:
@@ -383,6 +384,7 @@ class HotswapRuntime:
             oh = self.slots.header(other)
             if oh is not None and not oh.rejected and oh.generation > head.generation:
                 self.slots.reject(other)  # a reset must boot what the host chose
+            self.slots.burn_attempt(slot)  # starting it counts as a boot until it ran
         self._xfer = None
         self.running = slot
         return hp.reply_line("ok", "activate", f.seq, slot=slot), slot
