@@ -164,8 +164,12 @@ class HotswapSession:
                     and isinstance(nxt, int) and 0 <= nxt <= len(payload) and nxt % 4 == 0:
                 offset = nxt  # the board says where it is: continue from there
                 continue
-            if reply.result != "ok" or not isinstance(nxt, int) or nxt <= offset:
+            if reply.result != "ok":
                 raise _reply_error(reply, f"the chunk at {offset}")
+            if nxt != offset + len(data):  # an answer that is not about this chunk
+                raise DeviceError("device_error", f"the board acknowledged the chunk at "
+                                  f"{offset} with next {nxt!r}, not {offset + len(data)}",
+                                  protocol_code="bad_reply", reply=to_dict(reply))
             offset = nxt
         self.stats.payload_bytes = len(payload)
         reply = self.exchange(hp.COMMIT)
