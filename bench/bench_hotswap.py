@@ -127,10 +127,8 @@ def efficiency() -> list[dict]:
 def measure_code() -> dict | None:
     """The hot-swap code's own flash: text+rodata of tinyml_hotswap.cpp plus what the hooks
     add to the .ino's object, compiled by the real arm-none-eabi-g++ (realbuild, sketch-only)."""
-    toolchain = REPO.parent / "shared" / "toolchains" / "nano33ble"
-    if not toolchain.is_dir():
-        toolchain = Path("/work/shared/toolchains/nano33ble")
-    if not shutil.which("arm-none-eabi-size") or not (toolchain / "realbuild.py").exists():
+    toolchain = _toolchain()
+    if not shutil.which("arm-none-eabi-size") or toolchain is None:
         return None
     from dataclasses import replace
 
@@ -166,6 +164,60 @@ def measure_code() -> dict | None:
             "ino_hooks": sizes["hotswap"][ino] - sizes["exact"][ino], "total": own}
 
 
+def _toolchain() -> Path | None:
+    for cand in (REPO.parent / "shared" / "toolchains" / "nano33ble",
+                 Path("/work/shared/toolchains/nano33ble")):
+        if (cand / "realbuild.py").exists():
+            return cand
+    return None
+
+
+def linked_flash_cost(cache: str) -> list[dict]:
+    """Real links (realbuild full mode, without libmbed.a as everywhere here): each example
+    model's exact-ops sketch against its hot-swap sketch, same model and arena. The difference
+    is the op set's extra kernels plus the hot-swap code (mbed's FlashIAP/Watchdog excluded:
+    they live in libmbed.a)."""
+    from dataclasses import replace
+
+    from hal.arduino import hotswap, sketch
+    from hal.boards import get_profile
+    from hal.model.analysis import analyze
+
+    toolchain = _toolchain()
+    if toolchain is None:
+        raise SystemExit("--link needs shared/toolchains/nano33ble")
+    profile = get_profile("nano33ble")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-hotswap-link-") as tmp:
+        for name in ("arduino_hello_world", "arduino_micro_speech", "arduino_magic_wand",
+                     "magic_wand_tflm_legacy", "person_detect"):
+            data = (MODELS / f"{name}.tflite").read_bytes()
+            report = analyze(data, board="nano33ble")
+            arena = profile.arena_for(report.arena_estimate_bytes)
+            base = sketch.config_for(report, data, InstallRequest(model=data), arena,
+                                     "nano33ble")
+            ops = tuple(sorted(set(hp.op_set()) | set(report.ops)))
+            hot = hotswap.firmware_config(base, hotswap.Plan(
+                "compile_upload", "hotswap", "", ops=ops, arena_bytes=arena,
+                slot_bytes=131072))
+            text = {}
+            for variant, cfg in (("exact", base), ("hotswap", hot)):
+                sk = Path(tmp) / f"{name}-{variant}" / sketch.SKETCH_NAME
+                sketch.render_sketch(replace(cfg), sk)
+                out = Path(tmp) / f"{name}-{variant}.json"
+                subprocess.run([sys.executable, str(toolchain / "realbuild.py"), str(sk),
+                                "--src", str(toolchain), "--cache", cache, "-j", "2",
+                                "--json", str(out)], check=True, capture_output=True,
+                               timeout=3600)
+                text[variant] = json.loads(out.read_text())["arduino_text"]
+            rows.append({"model": name, "model_ops": len(report.ops), "opset_ops": len(ops),
+                         "exact_text": text["exact"], "hotswap_text": text["hotswap"],
+                         "extra_bytes": text["hotswap"] - text["exact"]})
+            print(f"linked {name}: exact {text['exact']} B, hot-swap {text['hotswap']} B, "
+                  f"+{text['hotswap'] - text['exact']} B", flush=True)
+    return rows
+
+
 def flash_cost(code_bytes: int) -> list[dict]:
     from hal.model.analysis import analyze
 
@@ -192,9 +244,20 @@ def main() -> int:
                         help="only the fast-timing comparison (the real one takes ~1.5 min)")
     parser.add_argument("--measure-code", action="store_true",
                         help="compile both variants with the real arm gcc (~20 s)")
+    parser.add_argument("--link", metavar="CACHE",
+                        help="also link every example model's exact-ops and hot-swap sketches "
+                        "for real (realbuild full mode, object cache CACHE: ~6 min the first "
+                        "time, then ~15 s per link)")
+    parser.add_argument("--only-link", action="store_true",
+                        help="with --link: skip the install and protocol figures")
     args = parser.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     result: dict = {"machine": "2 vCPU AMD EPYC, Python " + sys.version.split()[0]}
+    if args.link:
+        result["linked"] = linked_flash_cost(args.link)
+        if args.only_link:
+            print(json.dumps(result))
+            return 0
     result["fast"] = install_pair("fast", args.repeats)
     if not args.skip_real:
         result["real"] = install_pair("real", args.repeats)
