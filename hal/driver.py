@@ -1,35 +1,51 @@
-"""The driver interface every target family implements, and the registry that builds drivers
-from configuration by name.
+"""The driver interface every target family implements: one install skeleton and one
+observation, written once here and filled in by each driver.
 
-A driver owns one device: it installs a model (a sequence of logged, timed steps ending in a
-verified boot or a classified :class:`~hal.errors.HalError`) and observes the device's lines.
-The bridge only ever talks to this interface; a new board family is a new folder under
-``hal/`` with a class decorated by :func:`register_driver` (or an entry point in the group
-``tinyml_bridge.drivers`` for drivers shipped outside this package).
+A driver owns one device: it installs a model (declared phases of logged, timed steps ending in
+a verified boot or a classified :class:`~hal.errors.HalError` carrying a typed
+:class:`RollbackOutcome`) and observes the device's lines and liveness
+(:mod:`hal.observation`). The bridge only ever talks to this interface; a new board family is a
+new folder under ``hal/`` with a class decorated by :func:`register_driver` (the registry is
+:mod:`hal.driver_registry`; drivers shipped outside this package use the entry-point group
+``tinyml_bridge.drivers``). The data types are in :mod:`hal.outcomes`; all are importable from
+here.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from importlib.metadata import entry_points
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from hal.deadline import Deadline
+from hal.driver_registry import build_driver, driver_names, get_driver_class, register_driver
 from hal.errors import Cancelled, HalError, InputError, as_hal_error, make_error
 from hal.observation import Listener, ObservationLoop, ObservationSource
+from hal.outcomes import (
+    DeviceInfo,
+    Discovered,
+    Health,
+    InstallReport,
+    InstallRequest,
+    RollbackOutcome,
+)
 from hal.protocol import DeviceLine
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "PHASES", "DeviceInfo", "Discovered", "Driver", "DriverContext", "DriverSettings",
+    "Health", "InstallContext", "InstallReport", "InstallRequest", "RollbackOutcome",
+    "StepRecorder", "build_driver", "driver_names", "get_driver_class", "register_driver",
+]
 
 # The declared phases of every install, in order (hal.driver.Driver.install runs them). A phase
 # records one or more named steps through the one StepRecorder; each step says its phase.
@@ -81,144 +97,6 @@ class DriverContext:
         path = self.state_dir / "devices" / driver / device_id
         path.mkdir(parents=True, exist_ok=True)
         return path
-
-
-@dataclass(frozen=True)
-class InstallRequest:
-    """What to install. ``input_vectors`` are in the model's real (dequantised) units; the
-    driver quantises them with the input tensor's scale and zero point."""
-
-    model: bytes
-    labels: tuple[str, ...] = ()
-    input_vectors: tuple[tuple[float, ...], ...] = ()
-    arena_bytes: int | None = None  # override of estimate + margin
-    boot_deadline_s: float = 20.0
-    input_source: str = "vectors"  # "vectors"; drivers may accept more ("camera", "stdin")
-    job_id: str | None = None  # named in "device_busy" errors
-
-
-@dataclass(frozen=True)
-class InstallReport:
-    """A verified install. There is no unverified success: failures raise HalError.
-
-    Every field means the same for every driver:
-
-    ``boot``         the line (boot, or status) that proved the model runs (hal.protocol form).
-    ``arena_bytes``  the tensor arena the device reported (MCU) or its runner allocated.
-    ``compiled``     a new artefact was built for this install rather than reused: the MCU
-                     firmware was compiled (not taken from the build cache); on a Linux target
-                     the deployment directory was written (not found complete on the target).
-    ``transferred``  bytes were sent to the device (a flash, an upload of files).
-    ``steps``        seconds per recorded step; ``detail`` the driver's numbers.
-    """
-
-    device_id: str
-    model_sha256: str
-    boot: dict  # the BootLine (or StatusLine) that proved it, via hal.protocol.to_dict
-    arena_bytes: int
-    compiled: bool
-    steps: dict[str, float] = field(default_factory=dict)  # step -> seconds
-    detail: dict[str, Any] = field(default_factory=dict)  # sizes, fit numbers, port, host...
-    transferred: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class RollbackOutcome:
-    """What a failed install left the device running; every failed install carries one in
-    ``error.detail["rollback"]`` and the bridge and CLI read it the same way for every driver.
-
-    ``needed``     the failed install had changed (or may have changed) what the device runs.
-                   False: it failed before touching the device, which runs what it ran.
-    ``attempted``  a rollback (re-flash, restart of the previous runner, slot switch) ran.
-    ``verified``   ``running_sha256`` was seen running afterwards (its boot or status line).
-    ``running_sha256``  the model that runs now: the full sha256 or (from a device line) at
-                   least its 16-hex prefix; None when nothing runs or it is unknown.
-    ``reason``     why, in words (always set).
-    """
-
-    needed: bool
-    attempted: bool
-    verified: bool
-    running_sha256: str | None
-    reason: str
-    error: dict[str, Any] | None = None  # the rollback's own classified failure
-    boot: dict[str, Any] | None = None  # the line that verified it
-
-    @classmethod
-    def untouched(cls, reason: str) -> RollbackOutcome:
-        """The install failed before it changed anything on the device."""
-        return cls(needed=False, attempted=False, verified=False, running_sha256=None,
-                   reason=reason)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> RollbackOutcome | None:
-        """Read the wire form back (None when ``data`` is not one)."""
-        if not isinstance(data, dict) or "verified" not in data:
-            return None
-        sha = data.get("running_sha256")
-        return cls(needed=bool(data.get("needed")), attempted=bool(data.get("attempted")),
-                   verified=bool(data.get("verified")),
-                   running_sha256=str(sha) if sha else None,
-                   reason=str(data.get("reason") or ""),
-                   error=data.get("error") if isinstance(data.get("error"), dict) else None,
-                   boot=data.get("boot") if isinstance(data.get("boot"), dict) else None)
-
-    def runs(self, sha256: str | None) -> bool:
-        """True when this outcome proves the device runs model ``sha256`` (full or prefix)."""
-        if not (self.verified and self.running_sha256 and sha256):
-            return False
-        a, b = self.running_sha256.lower(), sha256.lower()
-        return len(a) >= 16 and len(b) >= 16 and (a.startswith(b) or b.startswith(a))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Health:
-    """Liveness of what runs on the device, as the observation last saw it.
-
-    ``state``: ``ok`` (it runs, or a supervisor restarted it within its budget), ``crashed``
-    (the runner exited and its supervisor gave up, or the sketch stopped printing its status
-    lines for ``silent_periods`` periods), ``none`` (nothing is deployed).
-    """
-
-    state: str
-    message: str = ""
-    exit_code: int | None = None
-    stderr_tail: str = ""
-    restarts: int = 0
-    silent_s: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """A device as the bridge lists it."""
-
-    id: str
-    driver: str
-    board: str  # board profile name
-    address: str  # serial port path or host:port
-    connected: bool
-    serial_number: str | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Discovered:
-    """A device found without configuration (e.g. a board plugged into USB)."""
-
-    id: str
-    settings: dict[str, Any]
 
 
 @dataclass
@@ -542,57 +420,3 @@ class StepRecorder:
         log.info("device=%s step=%s skipped: %s", self.device_id, name, reason)
         self.durations[name] = 0.0
         self._emit(name, "skipped", {"phase": self.phase, "reason": reason, **detail})
-
-
-# ------------------------------------------------------------------------------ registry
-
-_REGISTRY: dict[str, type[Driver]] = {}
-# Built-in families, imported on first use so that e.g. paramiko loads only when needed.
-_BUILTIN_MODULES = {
-    "nano33ble": "hal.arduino.driver",
-    "virtual-nano33ble": "hal.virtual.driver",
-    "rpi": "hal.rpi.driver",
-}
-_ENTRY_POINT_GROUP = "tinyml_bridge.drivers"
-
-
-def register_driver(name: str) -> Callable[[type[Driver]], type[Driver]]:
-    """Class decorator: make a driver buildable from configuration as ``driver = name``."""
-
-    def deco(cls: type[Driver]) -> type[Driver]:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def driver_names() -> list[str]:
-    """Every driver name that can be configured."""
-    names = set(_REGISTRY) | set(_BUILTIN_MODULES)
-    names |= {ep.name for ep in entry_points(group=_ENTRY_POINT_GROUP)}
-    return sorted(names)
-
-
-def get_driver_class(name: str) -> type[Driver]:
-    """The driver class registered as ``name``; ``InputError("unknown_driver")`` if none."""
-    if name not in _REGISTRY:
-        if name in _BUILTIN_MODULES:
-            importlib.import_module(_BUILTIN_MODULES[name])
-        else:
-            for ep in entry_points(group=_ENTRY_POINT_GROUP):
-                if ep.name == name:
-                    ep.load()
-    if name not in _REGISTRY:
-        raise InputError(
-            "unknown_driver", f"no driver registered as {name!r}", known=driver_names()
-        )
-    return _REGISTRY[name]
-
-
-def build_driver(
-    name: str, device_id: str, settings: dict[str, Any], context: DriverContext
-) -> Driver:
-    """Validate ``settings`` against the driver's model and build the driver."""
-    cls = get_driver_class(name)
-    return cls(device_id, cls.Settings.model_validate(settings), context)

@@ -100,6 +100,7 @@ class ObservationLoop(threading.Thread):
         """Read ``target`` from now on (None: resolve it again)."""
         with self._lock:
             self._next, self._has_next = target, True
+        self._health = None  # a new runner: report its health afresh
         self._wake.set()
 
     def pause(self, timeout_s: float = 3.0) -> bool:
@@ -220,8 +221,11 @@ class ObservationLoop(threading.Thread):
             except Exception:  # health is best effort; link errors are the loop's business
                 log.exception("device=%s health check failed", self.device_id)
                 continue
-            if health is None or health == self._health:
-                continue
+            last = self._health
+            if health is None or (last is not None and (health.state, health.exit_code,
+                                                         health.restarts) ==
+                                  (last.state, last.exit_code, last.restarts)):
+                continue  # report changes only (not every new silence figure)
             self._health = health
             log.log(logging.WARNING if health.state == "crashed" else logging.INFO,
                     "device=%s health %s: %s", self.device_id, health.state, health.message)

@@ -53,6 +53,30 @@ def _driver_section(name: str, info: Any, used: bool | None) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- remote
 
 
+def device_checks(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One check per device (connected) and, when the bridge knows its liveness, one for
+    whether its runner or sketch is alive."""
+    checks = []
+    for d in devices:
+        connected = bool(d.get("connected"))
+        err = d.get("last_error") or {}
+        msg = f"{d.get('driver')} at {d.get('address')}, {d.get('state')}"
+        if err:
+            msg += f"; last error {err.get('code')}: {err.get('message', '')}"
+        fix = (err.get("detail") or {}).get("fix", "") if isinstance(err, dict) else ""
+        checks.append(_check(f"device {d.get('id')} connected", connected, msg,
+                             fix or ("" if connected else "check the cable or the network "
+                                     "and the device's settings")))
+        health = d.get("health") or {}
+        if health.get("state") in ("ok", "crashed"):  # liveness of what runs on it
+            checks.append(_check(f"device {d.get('id')} runner alive",
+                                 health["state"] == "ok", str(health.get("message", "")),
+                                 "" if health["state"] == "ok" else
+                                 "install the model again, or see the runner's stderr "
+                                 "in `tinyml-bridge devices " + str(d.get("id")) + "`"))
+    return checks
+
+
 def remote_sections(inv: Invocation) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Checks of the bridge over HTTP: reachable, token accepted, drivers' host tools,
     devices connected. Returns (sections, health)."""
@@ -97,17 +121,7 @@ def remote_sections(inv: Invocation) -> tuple[list[dict[str, Any]], dict[str, An
             sections.append({"section": f"device {dev.get('id')}",
                              "checks": _norm_checks(dev["checks"], f"device {dev.get('id')}")})
     if devices is not None:
-        checks = []
-        for d in devices:
-            connected = bool(d.get("connected"))
-            err = d.get("last_error") or {}
-            msg = f"{d.get('driver')} at {d.get('address')}, {d.get('state')}"
-            if err:
-                msg += f"; last error {err.get('code')}: {err.get('message', '')}"
-            fix = (err.get("detail") or {}).get("fix", "") if isinstance(err, dict) else ""
-            checks.append(_check(f"device {d.get('id')} connected", connected, msg,
-                                 fix or ("" if connected else "check the cable or the network "
-                                         "and the device's settings")))
+        checks = device_checks(devices)
         if not checks:
             checks.append(_check("devices", True, "none configured or attached"))
         sections.append({"section": "devices (as the bridge sees them)", "checks": checks,

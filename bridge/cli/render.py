@@ -211,7 +211,7 @@ def device_note(d: dict[str, Any]) -> str:
     if st == "crashed":
         text = str(d.get("state_reason") or health.get("message") or "crashed")
         if health.get("exit_code") is not None:
-            text += f" (exit {health['exit_code']})"
+            text = f"exit {health['exit_code']}: {text}"
         return click.style(text[:90], fg="red")
     if st == "failed" and err:
         return click.style(f"{err.get('code')}: {err.get('message', '')}"[:90], fg="red")

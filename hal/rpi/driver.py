@@ -47,6 +47,7 @@ from hal.protocol import to_dict
 from hal.rpi import deploy, preflight
 from hal.rpi.boot import BootResult, start_runner, verify_start
 from hal.rpi.observe import LogFollower, NumberedSink, RunnerLogSource
+from hal.rpi.runtime import STEP_INSTALL_RUNTIME, install_runtime
 from hal.rpi.settings import RpiSettings
 from hal.rpi.ssh import SshEndpoint, SshSession, quote_args
 from hal.rpi.supervise import (
@@ -55,12 +56,12 @@ from hal.rpi.supervise import (
     RestartBudget,
     Supervisor,
     SystemdSupervisor,
+    parse_health,
 )
 from hal.vectors import check_input_vectors
 
 log = logging.getLogger(__name__)
 
-STEP_INSTALL_RUNTIME = "install_runtime"
 ROLLBACK_DEADLINE_S = 30.0
 
 
@@ -330,40 +331,10 @@ class RpiDriver(Driver):
 
     def _install_runtime(self, facts: preflight.TargetFacts, sha: str, deadline: Deadline,
                          steps: StepRecorder) -> preflight.TargetFacts:
-        """pip-install the interpreter into ``<workdir>/venv`` (never system-wide), as the
-        SSH user, as its own logged step; the runner then uses that venv's python.
-
-        The venv is made by the configured ``python`` (so it has that Python's version and
-        architecture, which pip then matches wheels against); wheels only (PIP_OPTIONS)."""
-        venv = f"{facts.workdir}/venv"
-        packages = preflight.pip_packages(facts)
-        with steps.step(STEP_INSTALL_RUNTIME, venv=venv, packages=packages) as info:
-            log.warning("device=%s installing %s into %s on the target (install_runtime = "
-                        "true)", self.device_id, " ".join(packages), venv)
-            base = self.settings.python
-            pip = [venv + "/bin/python", "-m", "pip", "install", *preflight.PIP_OPTIONS,
-                   *self.settings.pip_args, *packages]
-            script = (
-                f"{quote_args([base, '-m', 'venv', venv])} || exit 10\n"
-                f"{quote_args(pip)} || exit 11\n"
-            )
-            res = self.session.run(script, deadline.sub(900.0, "install runtime"),
-                                   what="install runtime")
-            info.update(status=res.status)
-            if not res.ok:
-                stage = "creating the venv" if res.status == 10 else "pip install"
-                fix = preflight.install_hint(facts)
-                if res.status == 10 and b"ensurepip" in res.stderr:
-                    fix = "on the target: sudo apt install python3-venv"
-                raise DeviceError("runtime_missing", f"installing the runtime failed while "
-                                  f"{stage}: {res.err_text(600)}", venv=venv,
-                                  packages=packages, status=res.status,
-                                  stderr_tail=res.err_text(), fix=fix)
-            self._python = venv + "/bin/python"
-            facts = preflight.probe(self.session, self._python, self.settings.workdir, sha,
-                                    self._cmd_deadline(deadline, "preflight"))
-            preflight.choose_runtime(facts)
-            info.update(python=self._python, runtimes=facts.runtimes, numpy=facts.numpy)
+        facts, self._python = install_runtime(
+            self.session, facts, self.settings.python, self.settings.pip_args,
+            self.settings.workdir, sha, deadline, steps, self.device_id,
+            self.settings.command_timeout_s)
         return facts
 
     def _start_runner(self, supervisor: Supervisor, sha: str, source: str,
@@ -470,30 +441,7 @@ class RpiDriver(Driver):
             res = self._run(self._supervisor(facts).health_script(), deadline, "liveness")
         except HalError:
             return None
-        rows = res.text().splitlines()
-        state = rows[0].split()[0] if rows and rows[0].split() else "unknown"
-        current = next((r.split()[1] for r in rows if r.startswith("current ")
-                        and len(r.split()) > 1), None)
-        exit_code = restarts = None
-        for r in rows:
-            parts = r.split()
-            if len(parts) == 3 and parts[0] == "exit" and parts[2].lstrip("-").isdigit():
-                exit_code = int(parts[2])
-            if len(parts) == 3 and parts[0] == "restarts" and parts[2].isdigit():
-                restarts = int(parts[2])
-        tail = "\n".join(r[4:] for r in rows if r.startswith("err "))[-1500:]
-        if current is None:
-            return Health("none", "nothing is deployed on the target")
-        if state == "running":
-            return Health("ok", f"the runner of {current[:16]} runs"
-                          + (f" ({restarts} restarts)" if restarts else ""),
-                          restarts=restarts or 0)
-        if self._guard.locked():
-            return None  # an install or restart is switching runners right now
-        return Health("crashed", f"the runner of {current[:16]} is not running"
-                      + (f": it exited with status {exit_code} and its supervisor gave up"
-                         if exit_code is not None else ""),
-                      exit_code=exit_code, stderr_tail=tail, restarts=restarts or 0)
+        return parse_health(res.text(), switching=self._guard.locked())
 
     # -- observation (hal.observation owns the loop) -----------------------------------------
 

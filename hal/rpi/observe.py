@@ -176,7 +176,7 @@ class RunnerLogSource:
         self.driver = driver
         self.health_interval_s = driver.settings.health_interval_s
         self.positions: dict[str, int] = {}  # log path -> next line number to deliver
-        self.reading: str | None = None
+        self.reading: str | None = None  # the log read last (a switch to it keeps its place)
         self.delivered = 0  # lines delivered (for tests and logs)
 
     def resolve(self) -> tuple[str, int] | None:
@@ -204,11 +204,8 @@ class RunnerLogSource:
             self.driver.last_line_number = number
             ctl.deliver(line)
 
-        try:
-            tail_log(self.driver.session, path, start, deliver, ctl.should_return,
-                     on_open=ctl.connected)
-        finally:
-            self.reading = None
+        tail_log(self.driver.session, path, start, deliver, ctl.should_return,
+                 on_open=ctl.connected)
 
     def health(self) -> Health | None:
         return self.driver.runner_health(Deadline(20.0, what="liveness check"))

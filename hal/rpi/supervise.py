@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from hal.outcomes import Health
 from hal.rpi.ssh import quote_args
 
 # How long a stop waits for the runner to exit after SIGTERM before SIGKILL (tenths of s).
@@ -265,3 +266,34 @@ class SystemdSupervisor:
 
 
 Supervisor = ProcessSupervisor | SystemdSupervisor
+
+
+def parse_health(text: str, *, switching: bool = False) -> Health | None:
+    """The runner's liveness from :func:`_health_script`'s output: ``ok`` while its supervisor
+    runs (with the restarts made), ``crashed`` with the exit status and stderr tail once it
+    gave up, ``none`` when nothing is deployed. None while an install or restart is
+    ``switching`` runners (a stopped runner then means nothing)."""
+    rows = text.splitlines()
+    state = rows[0].split()[0] if rows and rows[0].split() else "unknown"
+    current = next((r.split()[1] for r in rows if r.startswith("current ")
+                    and len(r.split()) > 1), None)
+    exit_code = restarts = None
+    for r in rows:
+        parts = r.split()
+        if len(parts) == 3 and parts[0] == "exit" and parts[2].lstrip("-").isdigit():
+            exit_code = int(parts[2])
+        if len(parts) == 3 and parts[0] == "restarts" and parts[2].isdigit():
+            restarts = int(parts[2])
+    tail = "\n".join(r[4:] for r in rows if r.startswith("err "))[-1500:]
+    if current is None:
+        return Health("none", "nothing is deployed on the target")
+    if state == "running":
+        return Health("ok", f"the runner of {current[:16]} runs"
+                      + (f" ({restarts} restarts)" if restarts else ""),
+                      restarts=restarts or 0)
+    if switching:
+        return None
+    return Health("crashed", f"the runner of {current[:16]} is not running"
+                  + (f": it exited with status {exit_code} and its supervisor gave up"
+                     if exit_code is not None else ""),
+                  exit_code=exit_code, stderr_tail=tail, restarts=restarts or 0)
