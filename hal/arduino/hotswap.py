@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 STEP_HOTSWAP = "hotswap_transfer"
 RELEASE_TIMEOUT_S = 3.0  # the observation must let go of the port within this
-TRANSFER_TIMEOUT_S = 120.0  # a 128 KB slot at real speed takes ~4 s; resends included
+TRANSFER_TIMEOUT_S = 120.0
+ROLLBACK_MIN_S = 10.0  # a 128 KB slot at real speed takes ~4 s; resends included
 PATH_HOTSWAP = "hotswap"
 PATH_COMPILE = "compile_upload"
 
@@ -284,7 +285,8 @@ def _after_transfer_failure(driver: Nano33BleDriver, ctx: InstallContext,
 def _switch_back(driver: Nano33BleDriver, ctx: InstallContext, session: HotswapSession,
                  previous: tuple[int, str]) -> RollbackOutcome:
     slot, sha = previous
-    boot_s = driver.boot_deadline_s(ctx.request)
+    # its own, generous deadline: a rollback that has started always finishes
+    boot_s = max(driver.boot_deadline_s(ctx.request), ROLLBACK_MIN_S)
     try:
         with ctx.steps.step(STEP_ROLLBACK, slot=slot, model_sha256=sha,
                             kind="slot_switch") as info:

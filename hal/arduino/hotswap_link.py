@@ -192,6 +192,11 @@ class HotswapSession:
         self.backlog.clear()
         while True:
             if not pending:
+                if deadline.expired and not deadline.cancelled:
+                    raise DeviceError(
+                        "boot_silent", f"no boot line of {sha256[:16]} within the boot deadline "
+                        "after the switch", expected_sha=sha256[:16],
+                        slot_rejected=to_dict(rejected) if rejected else None)
                 deadline.check()
                 pending = self.splitter.feed(self.link.read(deadline.poll_timeout(0.1)))
                 for line in pending:

@@ -460,6 +460,7 @@ class VirtualBoard:
                 hs = self._hs
                 if hs is not None and hs.fallback_needed:  # the slot's model did not start
                     hs.fallback_needed = False
+                    watchdog_at = None
                     if mcu is not None:
                         mcu.stop()
                     mcu, out_fd, pending = None, None, b""
@@ -471,6 +472,8 @@ class VirtualBoard:
                     watchdog_at = time.monotonic() + hotswap_device.WATCHDOG_S
                 if boot_pending and self._preloaded():
                     boot_pending = False
+                    if mcu is not None:  # a watchdog reset: the run before it ends here
+                        mcu.stop()
                     mcu = self._boot_mcu()
                     out_fd = mcu.fd if mcu else None
                     booted = time.monotonic()
@@ -510,6 +513,7 @@ class VirtualBoard:
                         for text in replies:
                             port.write_all(text.encode() + b"\n", 0.5)
                         if activate is not None:  # stop the model, start the chosen one
+                            watchdog_at = None
                             if mcu is not None:
                                 mcu.stop()
                             mcu, pending = self._boot_mcu(reset=False), b""

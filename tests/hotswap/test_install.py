@@ -230,3 +230,24 @@ def test_interrupted_transfer_resumes_where_the_board_stopped(make_driver):
             assert boot.sha == sha(WAND)[:16]
     finally:
         driver.resume_observation()
+
+
+def test_no_boot_line_in_time_is_undone_by_a_slot_switch(make_driver):
+    # the new model hard-faults and the boot deadline ends before the firmware's own fall-back
+    first = make_driver(silent_models=[sha(WAND)[:12]])
+    install(first, SPEECH)
+    first.close()  # the technician shortens the boot deadline and restarts the bridge
+    driver = make_driver(silent_models=[sha(WAND)[:12]], boot_deadline_s=0.3)
+    lines = Lines(driver)
+    assert lines.runs(SPEECH, 0, timeout_s=15)
+    mark = lines.mark()
+    progress = []
+    with pytest.raises(DeviceError) as info:
+        install(driver, WAND, progress)
+    assert info.value.code == "boot_silent"
+    rollback = info.value.detail["rollback"]
+    assert rollback["attempted"] and rollback["verified"] and "slot" in rollback["reason"]
+    assert rollback["running_sha256"] == sha(SPEECH)[:16]
+    done = [s for s, st, _ in progress if st == "done"]
+    assert "rollback" in done and "upload" not in done  # a slot switch, not a reflash
+    assert lines.runs(SPEECH, mark)
