@@ -271,7 +271,8 @@ class Nano33BleDriver(Driver):
                 config = sketch.config_for(ctx.data["report"], ctx.request.model, ctx.request,
                                            fit.arena_bytes, self.board)
                 plan = hotswap.plan(self, ctx.data["report"], fit,
-                                    len(hotswap.payload_for(config)), ctx.deadline)
+                                    len(hotswap.payload_for(config)), ctx.deadline,
+                                    camera=config.input_source == "camera")
                 info["hotswap"] = plan.to_dict()
                 ctx.data.update(hs_plan=plan, hs_config=config)
 

@@ -82,12 +82,15 @@ def firmware_config(config: SketchConfig, plan_: Plan) -> SketchConfig:
                    slot_bytes=plan_.slot_bytes)
 
 
-def _firmware(driver: Nano33BleDriver, report: ModelReport, fit: FitResult
+def _firmware(driver: Nano33BleDriver, report: ModelReport, fit: FitResult, camera: bool
               ) -> tuple[str, tuple[str, ...], int, str]:
     """(firmware kind, op set, arena, reason) of the firmware a compile would build."""
     s, prof = driver.settings, driver.profile
     if not s.hotswap:
         return "exact_ops", (), 0, "the device setting hotswap is false"
+    if camera:
+        return "exact_ops", (), 0, ("the camera input: the hot-swap firmware feeds test "
+                                    "vectors only")
     if not prof.hotswap_slot_bytes:
         return "exact_ops", (), 0, f"board {prof.name} has no hot-swap firmware"
     try:
@@ -142,9 +145,11 @@ def ask_capability(driver: Nano33BleDriver, deadline: Deadline,
 
 
 def plan(driver: Nano33BleDriver, report: ModelReport, fit: FitResult, payload_bytes: int,
-         deadline: Deadline) -> Plan:
+         deadline: Deadline, camera: bool = False) -> Plan:
     """Hot-swap or compile+upload for this model on this board, and why."""
-    kind, ops, arena, why = _firmware(driver, report, fit)
+    kind, ops, arena, why = _firmware(driver, report, fit, camera)
+    if camera:
+        return Plan(PATH_COMPILE, kind, why, ops=ops, arena_bytes=arena)
     base = {"firmware": kind, "ops": ops, "arena_bytes": arena,
             "slot_bytes": driver.profile.hotswap_slot_bytes if kind == "hotswap" else 0}
     if not driver.settings.hotswap:

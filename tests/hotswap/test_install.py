@@ -251,3 +251,22 @@ def test_no_boot_line_in_time_is_undone_by_a_slot_switch(make_driver):
     done = [s for s, st, _ in progress if st == "done"]
     assert "rollback" in done and "upload" not in done  # a slot switch, not a reflash
     assert lines.runs(SPEECH, mark)
+
+
+@pytest.mark.parametrize("settings,camera,firmware,reason", [
+    ({"hotswap": False}, False, "exact_ops", "the device setting hotswap is false"),
+    ({}, True, "exact_ops", "the camera input"),
+    ({"hotswap_ops": [f"OP{i}" for i in range(30)]}, False, "exact_ops", "op set"),
+    ({}, False, "hotswap", "does not advertise hot-swap"),  # a blank board: nothing answers
+])
+def test_plan_reasons(make_driver, settings, camera, firmware, reason):
+    from hal.arduino import hotswap
+    from hal.boards import fit_check
+    from hal.model.analysis import analyze
+
+    driver = make_driver(**settings)
+    report = analyze(SPEECH, board="nano33ble")
+    fit = fit_check(report, driver.profile)
+    plan = hotswap.plan(driver, report, fit, 20000, Deadline(5), camera=camera)
+    assert plan.path == "compile_upload" and plan.firmware == firmware
+    assert reason in plan.reason
