@@ -15,6 +15,12 @@ It behaves like the real board as the host sees it:
   resets into the sketch, under the same name or, with ``--rename-on-touch``, a new one. With no
   traffic for ``--bootloader-timeout-s`` it returns to the old sketch.
 * the last flashed image persists in ``--state-dir``: a restarted board boots it.
+* a **hot-swap firmware** image (compiled with ``TINYML_HOTSWAP``) also gets its two model
+  slots (``slots.bin`` in the state directory) and answers the hot-swap protocol on the sketch
+  port (:mod:`hal.virtual.hotswap_device`): a reset boots the newest valid slot, a model that
+  fails to allocate or faults (the watchdog resets after 0.5 s) is given up for the other slot
+  or the compiled-in model; ``--hotswap-fault`` injects transfer faults. An upload (bossac
+  erases the application flash) empties the slots.
 
 Bootloader protocol (host -> board lines, board -> host ``OK ...`` / ``ERR reason``)::
 

@@ -9,6 +9,9 @@ differ. Configure it in the bridge with ``driver = "virtual-nano33ble"`` and opt
 ``fault`` (``never_boot``, ``old_model``, ``vanish_on_upload``, ``permission_denied``,
 ``garbage``, ``flood``), or ``silent_models`` (the firmware of those models hard-faults at
 boot while every other image boots: a failed install and its rollback on one board).
+With ``hotswap = true`` it compiles the hot-swap firmware and hot-swaps later models
+(:mod:`hal.arduino.hotswap`); ``hotswap_faults`` and ``hotswap_real_timing`` configure the
+board's slots, ``timing = "real"`` gives the stand-in arduino-cli real-world durations.
 """
 
 from __future__ import annotations
