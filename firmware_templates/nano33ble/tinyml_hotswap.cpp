@@ -592,6 +592,8 @@ static int handle_frame(uint8_t running) {
   }
 }
 
+bool tinyml_hs_transfer_active() { return g_x.active && !g_x.committed; }
+
 int tinyml_hs_poll(uint8_t running) {
   if (!g_hs_ok) {
     while (Serial.available() > 0) Serial.read();  // no slots: input is ignored as before

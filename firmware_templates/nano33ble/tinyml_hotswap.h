@@ -38,6 +38,9 @@ uint8_t tinyml_hs_reject(uint8_t slot, const char* reason);
 void tinyml_hs_confirm(uint8_t slot);
 // Serial input: answers frames; returns the slot an ACTIVATE asks for, or -1.
 int tinyml_hs_poll(uint8_t running);
+// A transfer has begun and is not committed yet (loop() then runs no inference: a long
+// Invoke() would leave the USB reads, and so the host's writes, waiting).
+bool tinyml_hs_transfer_active();
 // Watchdog refresh (from loop()).
 void tinyml_hs_kick();
 uint32_t tinyml_hs_slot_bytes();

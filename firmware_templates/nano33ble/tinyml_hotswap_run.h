@@ -97,11 +97,13 @@ static void hs_setup() {
   hs_start(chosen.slot);
 }
 
-// From loop(): the watchdog, frames from the host, the switch an ACTIVATE asks for.
-static void hs_poll() {
+// From loop(): the watchdog, frames from the host, the switch an ACTIVATE asks for. True
+// while a transfer is under way: loop() then returns at once (no inference meanwhile).
+static bool hs_poll() {
   tinyml_hs_kick();
   const int slot = tinyml_hs_poll(g_hs.slot);
   if (slot >= 0) hs_start((uint8_t)slot);
+  return tinyml_hs_transfer_active();
 }
 
 // After an inference: the first one that ran confirms a slot's model.

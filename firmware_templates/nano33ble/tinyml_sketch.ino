@@ -552,7 +552,7 @@ void setup() {
 
 void loop() {
 #if TINYML_HOTSWAP
-  hs_poll();  // frames from the host; an ACTIVATE switches the model here
+  if (hs_poll()) return;  // frames from the host; no inference while a transfer runs
 #endif
   const uint32_t now = millis();
   if (g_failed) {
