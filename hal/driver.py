@@ -116,6 +116,7 @@ class InstallContext:
     detail: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     touched: bool = False  # the commit phase started: the device may have changed
+    commit: str = PHASE_TRANSFER  # this install's commit phase (Driver._commit_phase)
 
     def shielded(self, seconds: float | None, what: str) -> Deadline:
         """A deadline with its own cancel flag: what runs once the device was touched
@@ -131,8 +132,10 @@ class Driver(ABC):
     **The install skeleton.** :meth:`install` takes the device's exclusive guard and runs the
     declared phases (:data:`PHASES`) as methods a driver fills in: ``_validate``, ``_fit``,
     ``_prepare``, ``_transfer``, ``_activate``, ``_verify`` and, after a failure that changed
-    the device, ``_rollback`` (returning a :class:`RollbackOutcome`). Cancel semantics are
-    written once here: up to the driver's :attr:`commit_phase` a cancel stops the install
+    the device, ``_rollback`` (returning a :class:`RollbackOutcome`; a reflash, a restart of
+    the previous runner or a switch back to the previous slot, typed the same way). Cancel
+    semantics are written once here: up to the install's commit phase (:meth:`_commit_phase`,
+    by default :attr:`commit_phase`) a cancel stops the install
     and the device is untouched; from it on the phases run to the end (drivers use
     :meth:`InstallContext.shielded` deadlines) and a cancel that arrived meanwhile is
     reported afterwards as ``cancelled`` with what the device runs. After every verified
@@ -221,9 +224,13 @@ class Driver(ABC):
     ) -> InstallReport:
         """The phases in order (drivers fill in the phase methods, not this)."""
         ctx = InstallContext(request=request, deadline=deadline, steps=steps)
-        commit = PHASES.index(self.commit_phase)
         try:
-            for phase in PHASES[:commit]:
+            for phase in PHASES[:PHASES.index(PHASE_ROLLBACK)]:
+                # Asked before each phase: what earlier phases learnt may choose the path
+                # (e.g. a hot-swap into an idle slot commits only when it activates).
+                ctx.commit = self._commit_phase(ctx)
+                if PHASES.index(phase) >= PHASES.index(ctx.commit):
+                    break
                 steps.phase = phase
                 getattr(self, f"_{phase}")(ctx)
                 deadline.check()  # the last moments a cancel leaves the device untouched
@@ -245,7 +252,7 @@ class Driver(ABC):
         """From the commit phase on: the phases run to the end, then roll back or report."""
         steps, deadline = ctx.steps, ctx.deadline
         try:
-            for phase in PHASES[PHASES.index(self.commit_phase):PHASES.index(PHASE_ROLLBACK)]:
+            for phase in PHASES[PHASES.index(ctx.commit):PHASES.index(PHASE_ROLLBACK)]:
                 steps.phase = phase
                 getattr(self, f"_{phase}")(ctx)
         except BaseException as exc:
@@ -287,6 +294,12 @@ class Driver(ABC):
             device_id=self.device_id, model_sha256=ctx.sha256, boot=ctx.boot,
             arena_bytes=ctx.arena_bytes, compiled=ctx.compiled, steps=dict(steps.durations),
             detail=ctx.detail, transferred=ctx.transferred)
+
+    def _commit_phase(self, ctx: InstallContext) -> str:
+        """The first phase that changes what the device runs, for this install (default:
+        :attr:`commit_phase`). A driver with two paths -- a reflash, or a transfer into an
+        idle slot that only a later slot switch makes live -- answers per install."""
+        return self.commit_phase
 
     # The phases. Drivers override the ones they need; the defaults do nothing.
     def _validate(self, ctx: InstallContext) -> None:

@@ -30,10 +30,12 @@ def check_input_vectors(vectors: Sequence[Any], elements: int,
                    vectors=len(vectors), limit=MAX_INPUT_VECTORS)
     where = f"the input {list(shape)}" if shape is not None else "the model's input"
     for i, vector in enumerate(vectors):
-        if not isinstance(vector, (tuple, list)) or len(vector) != elements:
-            got = len(vector) if isinstance(vector, (tuple, list)) else type(vector).__name__
-            raise _bad(f"vector {i} has {got} values; {where} takes {elements}", index=i,
-                       expected=elements, got=got)
+        if not isinstance(vector, (tuple, list)):
+            raise _bad(f"vector {i} is a {type(vector).__name__}, not a list of numbers",
+                       index=i)
+        if len(vector) != elements:
+            raise _bad(f"vector {i} has {len(vector)} values; {where} takes {elements}",
+                       index=i, expected=elements, got=len(vector))
         for v in vector:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise _bad(f"vector {i} holds a value that is not a number", index=i)

@@ -362,11 +362,10 @@ class Nano33BleDriver(Driver):
         with ctx.steps.step(STEP_UPLOAD) as info:
             port = self.upload_port(ctx.shielded(timeout, f"finding {self.device_id}"))
             info.update(port=port.device, serial_number=self.serial_number())
-            ctx.data["upload_started"] = True
             try:
                 up = flash.upload(self, port, self.fqbn, slot.build_path,
                                   ctx.shielded(timeout, f"upload to {self.device_id}"),
-                                  "upload")
+                                  "upload", ctx)
             except HalError as exc:
                 raise flash.upload_failure(self, exc) from None
             info["updated_upload_port"] = up.updated_port
@@ -406,6 +405,10 @@ class Nano33BleDriver(Driver):
     def verified_store(self) -> VerifiedStore:
         """Where this device keeps the last build output that booted verified."""
         return VerifiedStore(self.context.device_dir(self.name, self.device_id))
+
+    def has_verified_model(self) -> bool:
+        """A model of ours booted verified on this board at some point."""
+        return self.verified_store().load_record() is not None
 
     # ---------------------------------------------------------------------------- ports
 

@@ -79,16 +79,19 @@ def check_build(result: CompileResult, profile: BoardProfile) -> dict[str, Any]:
 
 
 def upload(driver: Nano33BleDriver, port: discovery.PortInfo, fqbn: str, input_dir: Path,
-           deadline: Deadline, what: str) -> UploadResult:
+           deadline: Deadline, what: str, ctx: InstallContext | None = None) -> UploadResult:
     """Upload ``input_dir`` to ``port``. The observation is paused first and the upload starts
     only once it confirmed it released the port; otherwise nothing is uploaded and the
-    install fails with ``unavailable``. The caller resumes the observation."""
+    install fails with ``unavailable`` (the board untouched). Marks ``ctx`` as flashing the
+    moment the tool starts. The caller resumes the observation."""
     if not driver.pause_observation(RELEASE_TIMEOUT_S):
         raise InfraError(
             "unavailable",
             f"the observation of {driver.device_id} did not release {port.device} within "
             f"{RELEASE_TIMEOUT_S} s; nothing was uploaded",
             port=port.device, release_timeout_s=RELEASE_TIMEOUT_S)
+    if ctx is not None:
+        ctx.data["upload_started"] = True
     return driver.cli().upload(port.device, fqbn, input_dir, deadline,
                                on_line=driver.tool_line(what))
 

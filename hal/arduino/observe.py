@@ -5,8 +5,9 @@ whether the sketch still lives.
 Liveness: the sketch prints a status line every ``status_period_ms`` (and inference lines in
 between). A board whose port is open but which printed nothing for ``silent_periods`` status
 periods has stopped (a hard fault, a hung sketch): its health is ``crashed`` until it prints
-again. A board that never printed one of our lines since the port was opened (a blank board,
-another sketch) is ``none``, not crashed.
+again. A board that never printed one of our lines since the port was opened and that never
+booted a verified model of ours (a blank board, another sketch) is ``none``, not crashed; one
+that did (a bridge restarted next to a dead sketch) is crashed.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class SerialSource:
         if last is None:
             if now - opened <= self.silent_limit_s:
                 return None  # just opened: give it its periods
-            if self.driver.running_sha is None:
+            if self.driver.running_sha is None and not self.driver.has_verified_model():
                 return Health("none", "the board prints none of our lines: nothing of ours "
                               "runs (a blank board, or another sketch)")
             last = opened

@@ -33,6 +33,14 @@ class VerifiedStore:
         # A crash between the two renames of save() leaves only the old folder: still valid.
         return self.dir if self.dir.exists() or not self._old.exists() else self._old
 
+    def load_record(self) -> dict[str, Any] | None:
+        """The last verified image's record without checking the image (cheap), or None."""
+        try:
+            record = json.loads((self._current() / self.RECORD).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
     def load(self) -> tuple[Path, dict[str, Any]] | None:
         """``(input_dir, record)`` of the last verified image, or None when there is none
         (first install on this device). Raises ``ValueError`` naming the damage when it is

@@ -57,7 +57,8 @@ class RpiSettings(DriverSettings):
     restart_budget: int = Field(
         3, ge=0, le=100, description="restarts the supervisor makes within restart_window_s "
         "before it gives up (the device is then crashed)")
-    restart_window_s: float = Field(60.0, gt=0, le=86400)
+    restart_window_s: float = Field(60.0, gt=0, le=86400,
+                                    description="the window restart_budget counts restarts in")
     restart_pause_s: float = Field(2.0, ge=0, le=600, description="pause before a restart")
     health_interval_s: float = Field(
         5.0, ge=0, le=3600, description="seconds between liveness checks of the runner over "

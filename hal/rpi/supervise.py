@@ -204,12 +204,14 @@ class SystemdSupervisor:
                 "2>>runner.err </dev/null; fi")
         return (
             "[Unit]\nDescription=TinyML runner ({workdir})\n"
-            "StartLimitIntervalSec=60\nStartLimitBurst=3\n\n"
+            # the restart budget: beyond it systemd gives up and the unit stays failed
+            f"StartLimitIntervalSec={max(1, round(self.budget.window_s))}\n"
+            f"StartLimitBurst={self.budget.restarts + 1}\n\n"
             "[Service]\nType=simple\n"
             f"Environment=RUN={run}\n"
             f"EnvironmentFile={run}/systemd.env\n"
             f"ExecStart=/bin/sh -c {quote_args([body])}\n"
-            "Restart=on-failure\nRestartSec=10\n"
+            f"Restart=on-failure\nRestartSec={max(0.1, self.budget.pause_s):g}\n"
             "KillSignal=SIGTERM\nTimeoutStopSec=5\n\n"
             "[Install]\nWantedBy=default.target\n"
         ).replace("{workdir}", self.layout.workdir)

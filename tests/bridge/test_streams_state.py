@@ -1,4 +1,4 @@
-"""Ring buffer, subscriber queues and the SQLite state store."""
+"""Ring buffer, subscriber queues, the SQLite state store and the device state machine."""
 
 from __future__ import annotations
 
@@ -148,3 +148,92 @@ def test_unwritable_state_dir_is_classified(tmp_path):
     with pytest.raises(HalError) as err:
         StateStore(blocker / "state")
     assert err.value.code == "unavailable" and "state directory" in err.value.message
+
+
+# ------------------------------------------------------------------ the device state machine
+
+
+def _slot(tmp_path):
+    import tests.bridge.fake_driver  # noqa: F401  (registers "test-fake")
+    from bridge.registry import DeviceSlot
+    from hal.driver import DriverContext, build_driver
+
+    driver = build_driver("test-fake", "d1", {"period_ms": 0}, DriverContext(tmp_path))
+    return DeviceSlot("d1", driver, configured=True, settings={},
+                      stream=DeviceStream("d1", 10, 10))
+
+
+def _failure(code: str, **rollback) -> dict:
+    from hal.driver import RollbackOutcome
+
+    outcome = RollbackOutcome(**{"needed": True, "attempted": False, "verified": False,
+                                 "running_sha256": None, "reason": "r", **rollback})
+    return {"code": code, "message": code, "class": "device",
+            "detail": {"rollback": outcome.to_dict()}}
+
+
+A, B = "a" * 64, "b" * 64
+
+
+def test_device_state_follows_the_typed_rollback_outcome(tmp_path):
+    slot = _slot(tmp_path)
+    assert slot.state()[0] == "idle"
+    assert slot.job_finished("succeeded", A, None, "t1", "j1")["sha256"] == A
+    assert slot.state()[0] == "running"
+    # a failure that never touched the device: still running A, the job's error kept
+    assert slot.job_finished("failed", B, _failure("transport_broken", needed=False),
+                             "t2", "j2") is None
+    assert slot.state()[0] == "running" and slot.last_error["code"] == "transport_broken"
+    # a verified rollback to A (a 16-hex prefix from a device line is enough)
+    slot.job_finished("failed", B, _failure("alloc_failed", attempted=True, verified=True,
+                                            running_sha256=A[:16]), "t3", "j3")
+    assert slot.state()[0] == "running" and slot.model["sha256"] == A
+    # a rollback that failed: nothing verified runs
+    slot.job_finished("failed", B, _failure("boot_silent", attempted=True), "t4", "j4")
+    assert slot.state()[0] == "failed"
+    # a later failure that never touched the device does not make it look fine
+    slot.job_finished("failed", B, _failure("model_corrupt", needed=False), "t5", "j5")
+    assert slot.state()[0] == "failed" and slot.last_error["code"] == "model_corrupt"
+    # cancelled after the new model was verified: the device runs B, and says so
+    new = slot.job_finished("cancelled", B, {"code": "cancelled", "message": "c",
+                                             "class": "input", "detail": _failure(
+                                                 "cancelled", needed=False, verified=True,
+                                                 running_sha256=B)["detail"]}, "t6", "j6")
+    assert new["sha256"] == B and slot.state()[0] == "running"
+    # interrupted by a restart: no outcome, so not known to run anything verified
+    slot.job_finished("interrupted", A, {"code": "interrupted", "message": "i",
+                                         "class": "infrastructure", "detail": {}}, "t7", "j7")
+    assert slot.state()[0] == "failed"
+
+
+def test_job_error_link_error_and_health_never_overwrite_each_other(tmp_path):
+    from hal.driver import Health
+    from hal.errors import make_error
+
+    slot = _slot(tmp_path)
+    slot.job_finished("succeeded", A, None, "t1", "j1")
+    slot.job_finished("failed", B, _failure("transport_broken", needed=False), "t2", "j2")
+    slot.on_link_error(make_error("transport_broken", "ssh down"))
+    slot.on_health(Health("crashed", "runner gone", exit_code=137, stderr_tail="Killed"))
+    dev_state, reason = slot.state()
+    assert dev_state == "crashed" and "runner gone" in reason
+    slot.on_link_ok()  # the link is back: only the link error goes
+    assert slot.link_error is None and slot.last_error["code"] == "transport_broken"
+    assert slot.health["exit_code"] == 137
+    slot.on_health(Health("ok", "runs", restarts=1))
+    assert slot.state()[0] == "running" and slot.last_error["code"] == "transport_broken"
+
+
+def test_restore_replays_recent_jobs_oldest_first(tmp_path):
+    slot = _slot(tmp_path)
+    jobs = [  # newest first, as the store lists them
+        {"id": "j3", "state": "failed", "model_sha256": B, "finished_at": "t3",
+         "error": _failure("model_corrupt", needed=False)},
+        {"id": "j2", "state": "failed", "model_sha256": B, "finished_at": "t2",
+         "error": _failure("boot_silent", attempted=True)},
+        {"id": "j1", "state": "succeeded", "model_sha256": A, "finished_at": "t1",
+         "error": None},
+    ]
+    slot.restore({"sha256": A, "since": "t1", "job_id": "j1"}, jobs)
+    assert slot.state()[0] == "failed" and slot.last_error["code"] == "model_corrupt"
+    assert slot.model["sha256"] == A

@@ -15,7 +15,7 @@ from hal.driver import InstallRequest
 from hal.protocol import BootLine, InferenceLine, parse_line
 from hal.rpi.observe import wait_for
 from hal.rpi.settings import RpiSettings
-from hal.rpi.supervise import Layout, SystemdSupervisor
+from hal.rpi.supervise import Layout, RestartBudget, SystemdSupervisor
 from tests.rpi.conftest import model
 
 
@@ -84,7 +84,9 @@ def test_settings_defaults_and_validation():
         {"port": 70000}, {"workdir": "relative/dir"}, {"workdir": "/a\nb"},
         {"input_source": "camera"}, {"input_source": "file:relative"},
         {"keep_deployments": 0}, {"python": ""}, {"unknown_key": 1}, {"boot_deadline_s": -1},
-        {"supervisor": "init.d"},
+        {"supervisor": "init.d"}, {"min_uptime_s": 0}, {"restart_budget": -1},
+        {"restart_budget": 10**6}, {"restart_window_s": 0}, {"restart_pause_s": -1},
+        {"health_interval_s": -0.5}, {"health_interval_s": "often"},
     ):
         with pytest.raises(ValidationError):
             _settings(**bad)
@@ -93,8 +95,12 @@ def test_settings_defaults_and_validation():
 
 def test_systemd_unit_is_well_formed():
     # The systemd path is not exercised by the sshd target (no user manager); check its text.
-    sup = SystemdSupervisor(Layout("/home/pi/tinyml"), "/usr/bin/python3")
+    sup = SystemdSupervisor(Layout("/home/pi/tinyml"), "/usr/bin/python3",
+                            RestartBudget(restarts=2, window_s=30, pause_s=0.5))
     unit = sup.unit_text()
+    # the restart budget of the settings, as systemd counts it (starts, not restarts)
+    assert "StartLimitBurst=3\n" in unit and "StartLimitIntervalSec=30\n" in unit
+    assert "RestartSec=0.5\n" in unit
     assert "Restart=on-failure" in unit and "EnvironmentFile=/home/pi/tinyml/run/systemd.env" \
         in unit
     assert sup.layout.unit.startswith("tinyml-runner-")
