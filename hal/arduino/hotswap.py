@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 
 STEP_HOTSWAP = "hotswap_transfer"
 RELEASE_TIMEOUT_S = 3.0  # the observation must let go of the port within this
-TRANSFER_TIMEOUT_S = 120.0
-ROLLBACK_MIN_S = 10.0  # a 128 KB slot at real speed takes ~4 s; resends included
+TRANSFER_TIMEOUT_S = 120.0  # a full 128 KB slot at real speed takes ~4 s; resends included
+ROLLBACK_MIN_S = 10.0  # a slot switch back gets at least this long
 PATH_HOTSWAP = "hotswap"
 PATH_COMPILE = "compile_upload"
 
