@@ -207,6 +207,11 @@ class Driver(ABC):
             self._holder = None
             self._guard.release()
 
+    @property
+    def busy(self) -> bool:
+        """An install (or another exclusive action) holds the device."""
+        return self._guard.locked()
+
     # -- the install skeleton --------------------------------------------------------------
 
     def install(

@@ -113,11 +113,6 @@ class Nano33BleDriver(Driver):
         with self._state_lock:
             return self._last_boot
 
-    @property
-    def busy(self) -> bool:
-        """An install (or another exclusive action) holds the device."""
-        return self._guard.locked()
-
     def ports_dir(self) -> Path | None:
         """The virtual-ports directory this driver also looks in (None: USB only)."""
         return discovery.virtual_ports_dir(self.settings.virtual_ports_dir)

@@ -184,7 +184,13 @@ class RunnerLogSource:
         if found is None:
             return None  # nothing deployed yet: not an error
         path, count = found
-        return path, self.positions.get(path, count + 1)
+        if path in self.positions:
+            return path, self.positions[path]
+        if self.driver.busy:
+            # An install or restart is switching runners: it hands over the exact first
+            # line of the new run (switch); starting at the log's end now could skip it.
+            return None
+        return path, count + 1
 
     def switch(self, target: tuple[str, int]) -> tuple[str, int]:
         path, start = target

@@ -171,10 +171,11 @@ def _health_script(sup: Supervisor) -> str:
         sup.status_script()
         + sup.exit_script()
         + f"sed 's/^/restarts /' {q([sup.layout.run])}/restarts 2>/dev/null\n"
-        + f"C=$(readlink {q([sup.layout.current])}) && echo \"current ${{C##*/}}\" && "
-        f"tail -n 12 {q([sup.layout.models])}/\"${{C##*/}}/runner.err\" 2>/dev/null "
-        "| sed 's/^/err /'\n"
-        "true\n"
+        + f"C=$(readlink {q([sup.layout.current])} 2>/dev/null)\n"
+        'echo "current ${C##*/}"\n'
+        f'[ -n "$C" ] && tail -n 12 {q([sup.layout.models])}/"${{C##*/}}/runner.err" '
+        "2>/dev/null | sed 's/^/err /'\n"
+        "echo health-end\n"
     )
 
 
@@ -276,6 +277,8 @@ def parse_health(text: str, *, switching: bool = False) -> Health | None:
     gave up, ``none`` when nothing is deployed. None while an install or restart is
     ``switching`` runners (a stopped runner then means nothing)."""
     rows = text.splitlines()
+    if "health-end" not in rows or not any(r.startswith("current") for r in rows):
+        return None  # cut short (a dropped connection): it tells nothing
     state = rows[0].split()[0] if rows and rows[0].split() else "unknown"
     current = next((r.split()[1] for r in rows if r.startswith("current ")
                     and len(r.split()) > 1), None)

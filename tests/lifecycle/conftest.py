@@ -176,7 +176,8 @@ class Rig:
         forked MCU)."""
         if self.family == "pi":
             with contextlib.suppress(OSError, ValueError):
-                return int(Path(self.workdir, "run", "runner.pid").read_text().strip())
+                pid = int(Path(self.workdir, "run", "runner.pid").read_text().strip())
+                return pid if pid_alive(pid) else None
             return None
         board = self.driver.board_pid
         kids = [k for k in (child_pids(board) if board else []) if _comm(k) == "virtual-mcu"]
@@ -185,10 +186,24 @@ class Rig:
     def kill_runner(self) -> int:
         """SIGKILL the runner (Pi) or the sketch (Nano: a hard fault, silent until reset)."""
         pid = wait_until(self.runner_pid, 10)
-        assert pid, "no runner to kill"
+        assert pid, f"no runner to kill; {self.runner_records()}"
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not pid_alive(pid), 5)
         return pid
+
+    def runner_records(self) -> str:
+        """The Pi supervisor's records and the runner's stderr (for failure messages)."""
+        if self.family != "pi":
+            return ""
+        out = []
+        for rel in ("run/exit", "run/restarts", "run/supervisor.pid", "current"):
+            path = Path(self.workdir, rel)
+            with contextlib.suppress(OSError):
+                out.append(f"{rel}: {os.readlink(path) if path.is_symlink() else path.read_text()}")
+        with contextlib.suppress(OSError):
+            err = Path(self.workdir, "current", "runner.err").read_text()[-800:]
+            out.append(f"runner.err: {err}")
+        return "\n".join(out)
 
     def board_off(self) -> None:
         """Nano: the board leaves the bus (its port disappears)."""

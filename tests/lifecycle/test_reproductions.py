@@ -77,7 +77,7 @@ def test_2_a_runner_whose_supervisor_gave_up_is_crashed_also_after_a_restart(mak
     rig.wait_dev(lambda d: (d["health"] or {}).get("state") == "ok", 10)
     wait_until(lambda: False, 1.2)  # past min_uptime_s: the first death is restarted
     first = rig.kill_runner()
-    wait_until(lambda: (rig.runner_pid() or first) != first, 10)
+    assert wait_until(lambda: (rig.runner_pid() or first) != first, 20), rig.runner_records()
     wait_until(lambda: False, 1.2)
     rig.kill_runner()
     dev = rig.wait_dev(lambda d: d["state"] == "crashed", 15)

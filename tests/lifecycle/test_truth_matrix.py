@@ -154,7 +154,8 @@ def killed_once(rig: Rig) -> None:
     rig.wait_lines(lambda ls: len(inference_lines(ls)) >= 3)
     if rig.family == "pi":
         wait_until(lambda: False, 1.2)  # past min_uptime_s: a crash, not a boot failure
-        rig.kill_runner()
+        pid = rig.kill_runner()
+        assert wait_until(lambda: (rig.runner_pid() or pid) != pid, 20), rig.runner_records()
         # supervise.sh restarts it within its budget: a second boot line arrives
         assert rig.wait_lines(lambda ls: sum(e["line"].get("kind") == "boot"
                                               for e in ls) >= 2)
@@ -171,9 +172,11 @@ def killed_for_good(rig: Rig) -> None:
     rig.wait_lines(lambda ls: len(inference_lines(ls)) >= 3)
     if rig.family == "pi":
         wait_until(lambda: False, 1.2)
-        for _ in range(3):  # one more death than the budget of 2 restarts
+        for death in range(3):  # one more death than the budget of 2 restarts
             pid = rig.kill_runner()
-            wait_until(lambda p=pid: (rig.runner_pid() or p) != p, 5)
+            if death < 2:  # restarted within the budget
+                assert wait_until(lambda p=pid: (rig.runner_pid() or p) != p, 20), \
+                    rig.runner_records()
     else:
         rig.kill_runner()
 
