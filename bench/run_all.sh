@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 mkdir -p bench/out
 { date -u; uname -srm; lscpu | grep -E "Model name|^CPU\(s\)"; free -g | head -2; uptime; } \
     > bench/out/machine.txt
-for b in analysis sketch arduino rpi bridge backend digits c_array exhaustion; do
+for b in analysis sketch arduino hotswap sizes arena32 rpi bridge backend digits c_array exhaustion; do
     echo "== bench_$b" >&2
     .venv/bin/python "bench/bench_$b.py" > "bench/out/$b.txt" 2>&1
     echo "   exit $? ($(tail -c 300 "bench/out/$b.txt" | tr '\n' ' ' | cut -c1-120))" >&2

@@ -151,6 +151,9 @@ class BoardProfile:
     arch: tuple[str, ...] = ()
     runtimes: tuple[str, ...] = ()
     sizes: SizeModel | None = None  # MCU boards: the build size model
+    hotswap_slot_bytes: int = 0  # 0: no hot-swap firmware for this board
+    hotswap_arena_bytes: int = 0
+    hotswap_flash_per_op_bytes: int = 0
 
     def arena_for(self, estimate_bytes: int) -> int:
         """The arena to compile in: the estimate plus this board's margin (at least

@@ -9,10 +9,16 @@ newline. Kinds (key ``t``):
 ``inf``     ``{"t":"inf","n":SEQ,"us":LATENCY_US,"out":[floats],"top":I,"label":"yes"}``
 ``err``     ``{"t":"err","code":"alloc_failed","msg":"...", ...numbers}`` -- codes are
             ``alloc_failed``, ``invoke_failed``, ``bad_input``, ``model_invalid``,
-            ``schema_mismatch``, ``camera_failed``, ``runtime_missing``, ``load_failed``.
+            ``schema_mismatch``, ``camera_failed``, ``runtime_missing``, ``load_failed``,
+            ``slot_rejected``.
 ``status``  ``{"t":"status","v":1,"sha":"...","up":SECONDS,"n":COUNT,"fw":"1.0.0"}`` --
             periodic, so a host that opened the port late still learns what runs.
+``hs``      ``{"t":"hs","r":"ok","op":"chunk","seq":7,"next":6144}`` -- a hot-swap firmware's
+            reply to a frame of the hot-swap protocol (:mod:`hal.arduino.hotswap_protocol`).
 ==========  ==================================================================================
+
+A hot-swap firmware's boot line also carries ``"hs":{"v":1,"slot":S,"slots":2,
+"slot_bytes":N,"opset":"<16 hex>","ops":[...]}`` (:attr:`BootLine.hotswap`).
 
 Anything else -- text, garbage bytes, split UTF-8, NUL bytes, over-long lines, JSON that is not
 a protocol object -- becomes a :class:`RawLine`: kept, never dropped, never a crash.
@@ -44,10 +50,13 @@ ERROR_CODES = (
     "camera_failed",
     "runtime_missing",
     "load_failed",
+    "slot_rejected",  # hot-swap firmware: a slot's model did not start, it fell back
 )
 
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
 _ERR_KEYS = frozenset({"t", "code", "msg"})
+_HS_KEYS = frozenset({"t", "r", "op", "seq"})
+_HS_RESULTS = frozenset({"ok", "err", "hello"})
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,8 @@ class BootLine:
     firmware: str
     board: str
     protocol: int = PROTOCOL_VERSION
+    # A hot-swap firmware's capability (slot, slot size, op set); None for other firmware.
+    hotswap: dict | None = None
     kind: str = field(default="boot", init=False)
 
 
@@ -98,6 +109,18 @@ class StatusLine:
 
 
 @dataclass(frozen=True)
+class HotswapReply:
+    """A hot-swap firmware's answer to one protocol frame: ``result`` is ``ok``, ``err`` or
+    ``hello``; ``fields`` holds every other key (``next``, ``code``, ``slot``, ...)."""
+
+    result: str
+    op: str
+    seq: int
+    fields: dict = field(default_factory=dict)
+    kind: str = field(default="hotswap", init=False)
+
+
+@dataclass(frozen=True)
 class RawLine:
     """Anything that is not a protocol line, kept as text."""
 
@@ -108,7 +131,8 @@ class RawLine:
 
 
 # Union, not X | Y: this module also runs on targets with Python 3.9 (Raspberry Pi OS Bullseye).
-DeviceLine = Union[BootLine, InferenceLine, ErrorLine, StatusLine, RawLine]  # noqa: UP007
+DeviceLine = Union[BootLine, InferenceLine, ErrorLine, StatusLine, HotswapReply,  # noqa: UP007
+                   RawLine]
 
 
 def to_dict(line: DeviceLine) -> dict:
@@ -131,6 +155,8 @@ def from_dict(data: dict) -> DeviceLine:
         return ErrorLine(**body)
     if kind == "status":
         return StatusLine(**body)
+    if kind == "hotswap":
+        return HotswapReply(**body)
     return RawLine(**body)
 
 
@@ -155,17 +181,21 @@ def format_line(line: DeviceLine) -> str:
     """The wire text of ``line``, without the newline. Raises ``ValueError`` when a line would
     exceed :data:`MAX_LINE_BYTES` (inference outputs are shortened first: see below)."""
     if isinstance(line, BootLine):
-        return _dump(
-            {
-                "t": "boot",
-                "v": line.protocol,
-                "sha": line.sha[:SHA_PREFIX_LEN],
-                "arena": line.arena_bytes,
-                "used": line.used_bytes,
-                "fw": line.firmware,
-                "board": line.board,
-            }
-        )
+        boot = {
+            "t": "boot",
+            "v": line.protocol,
+            "sha": line.sha[:SHA_PREFIX_LEN],
+            "arena": line.arena_bytes,
+            "used": line.used_bytes,
+            "fw": line.firmware,
+            "board": line.board,
+        }
+        if line.hotswap is not None:
+            boot["hs"] = line.hotswap
+        return _dump(boot)
+    if isinstance(line, HotswapReply):
+        return _dump({"t": "hs", "r": line.result, "op": line.op, "seq": line.seq,
+                      **{k: v for k, v in line.fields.items() if k not in _HS_KEYS}})
     if isinstance(line, InferenceLine):
         obj = {
             "t": "inf",
@@ -246,6 +276,9 @@ def _sha(obj: dict) -> str:
 def _parse_object(obj: dict) -> DeviceLine:
     kind = obj.get("t")
     if kind == "boot":
+        hotswap = obj.get("hs")
+        if hotswap is not None and not isinstance(hotswap, dict):
+            raise ValueError("hs")
         return BootLine(
             sha=_sha(obj),
             arena_bytes=_int(obj, "arena"),
@@ -253,7 +286,15 @@ def _parse_object(obj: dict) -> DeviceLine:
             firmware=_str(obj, "fw", ""),
             board=_str(obj, "board", ""),
             protocol=_int(obj, "v"),
+            hotswap=hotswap,
         )
+    if kind == "hs":
+        result = _str(obj, "r", limit=16)
+        if result not in _HS_RESULTS:
+            raise ValueError("r")
+        fields = {k: v for k, v in obj.items() if k not in _HS_KEYS}
+        return HotswapReply(result=result, op=_str(obj, "op", "", limit=16), seq=_int(obj, "seq"),
+                            fields=fields)
     if kind == "inf":
         outputs = obj.get("out", [])
         if not isinstance(outputs, list) or not all(

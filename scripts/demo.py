@@ -9,7 +9,9 @@ Nano 33 BLE from ``hal/virtual`` (a pseudo-terminal, the stand-in arduino-cli, a
 TFLM interpreter running the model). The technician's commands are the real CLI, run as
 subprocesses against the daemon's HTTP API. Exit status 0 only if every step turned out as
 shown: the install verified, live lines arrived, the too-small arena was reported as
-``alloc_failed`` (not as success), and the daemon stopped with status 0 on SIGTERM.
+``alloc_failed`` (not as success), a second board with the hot-swap firmware took a second
+model over its serial port without a compile or an upload (both install times printed), and
+the daemon stopped with status 0 on SIGTERM.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from bridge.client import BridgeClient, LocalBridge  # noqa: E402
 from hal.errors import HalError  # noqa: E402
 
 DEVICE = "vnano-1"
+HOTSWAP_DEVICE = "vnano-hs"  # a second virtual board, with the hot-swap firmware
 # Far below what any model needs: the board's real TFLM interpreter must refuse it.
 TINY_ARENA = 1024
 
@@ -63,6 +66,11 @@ drivers = []        # no USB scanning: the demo's only board is virtual
 [[devices]]
 name = "{DEVICE}"
 driver = "virtual-nano33ble"
+
+[[devices]]
+name = "{HOTSWAP_DEVICE}"
+driver = "virtual-nano33ble"
+hotswap = true      # compile+upload flashes the hot-swap firmware; the next model streams in
 """,
         encoding="utf-8",
     )
@@ -137,7 +145,7 @@ class Demo:
             self.story(client, model, desc)
         finally:
             client.close()
-            self.title("5. stop the daemon (SIGTERM)")
+            self.title("6. stop the daemon (SIGTERM)")
             code = self.bridge.stop(timeout=20)
             self.say(f"bridge exited with status {code}")
             self.expect(code == 0, f"the daemon exits 0 on SIGTERM (got {code})")
@@ -150,7 +158,7 @@ class Demo:
             self.keep = True
             return 1
         self.title(f"demo done in {took:.1f} s: verified install, live lines, honest failure, "
-                   "clean stop")
+                   "hot-swap, clean stop")
         return 0
 
     def story(self, client: BridgeClient, model: Path, desc: Path | None) -> None:
@@ -220,6 +228,47 @@ class Demo:
                     "the re-install is verified")
         self.expect(client.device(DEVICE).get("state") == "running",
                     "the device is running a verified model again")
+        self.hotswap(client)
+
+    def timed_install(self, client: BridgeClient, model: Path) -> tuple[dict, float]:
+        """Install through the CLI; the job and its duration on the bridge (start to end)."""
+        from datetime import datetime
+
+        proc = self.cli("install", HOTSWAP_DEVICE, str(model.relative_to(REPO)),
+                        capture=True, tail=2)
+        job = client.jobs(device=HOTSWAP_DEVICE, limit=1)[0]
+        self.expect(proc.returncode == 0 and job["state"] == "succeeded",
+                    f"the install of {model.name} on {HOTSWAP_DEVICE} is verified")
+        times = [datetime.fromisoformat(str(job.get(k) or "").replace("Z", "+00:00"))
+                 for k in ("started_at", "finished_at")]
+        return job, (times[1] - times[0]).total_seconds()
+
+    def hotswap(self, client: BridgeClient) -> None:
+        samples = REPO / "samples" / "models"
+        first, second = samples / "shapes_int8.tflite", samples / "sine_int8.tflite"
+        if not (first.is_file() and second.is_file()):
+            self.say("(samples/models missing: hot-swap step skipped)")
+            return
+        self.title(f"5. hot-swap: a second model on {HOTSWAP_DEVICE} without compile or upload")
+        self.say("first install: compile + upload, which flashes the hot-swap firmware")
+        job1, t1 = self.timed_install(client, first)
+        steps1 = [s["name"] for s in job1.get("steps", []) if s.get("status") == "done"]
+        self.say("\nsecond install: a model whose ops the firmware has, streamed into a slot")
+        job2, t2 = self.timed_install(client, second)
+        steps2 = [s["name"] for s in job2.get("steps", []) if s.get("status") == "done"]
+        fit = next((s.get("detail") or {} for s in job2.get("steps", [])
+                    if s["name"] == "fit_check"), {}).get("hotswap") or {}
+        self.say(f"\n  full install ({first.name}): {t1:.2f} s  steps: {', '.join(steps1)}")
+        self.say(f"  hot-swap     ({second.name}): {t2:.2f} s  steps: {', '.join(steps2)}")
+        self.say(f"  why hot-swap: {fit.get('reason', '?')}")
+        self.expect("compile" in steps1 and "upload" in steps1,
+                    "the first install compiles and uploads")
+        self.expect("hotswap_transfer" in steps2 and "compile" not in steps2
+                    and "upload" not in steps2,
+                    "the second install is a hot-swap (no compile, no upload)")
+        boot = (job2.get("report") or {}).get("boot") or {}
+        self.expect(str(job2.get("model_sha256", ""))[:16] == boot.get("sha"),
+                    "the hot-swapped model's boot line proves it runs")
 
 
 def main() -> int:

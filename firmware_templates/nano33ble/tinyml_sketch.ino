@@ -47,6 +47,7 @@ static uint32_t g_last_status = 0;
 static uint32_t g_last_inference = 0;
 static uint32_t g_seq = 0;            // inferences attempted
 static size_t g_used_bytes = 0;
+static const char* g_sha = TINYML_MODEL_SHA;  // the running model's (a hot-swap may change it)
 
 // One line is assembled here. The capacity exceeds the protocol limit so that an over-long
 // inference line can be measured and then shortened exactly as hal/protocol.py does.
@@ -83,6 +84,12 @@ static size_t output_count(const TfLiteTensor* t);
 static float output_value(const TfLiteTensor* t, size_t i);
 static void print_inference(uint32_t seq, uint32_t latency_us, const TfLiteTensor* out);
 static void run_inference();
+#if TINYML_HOTSWAP  // tinyml_hotswap_run.h, included below
+static void hs_boot_fields();
+static const char* hs_label(size_t top);
+static void hs_fill_input();
+static void hs_after_inference(bool ok);
+#endif
 #if TINYML_INPUT_CAMERA
 static void camera_build_lookup(const TfLiteTensor* input);
 static void camera_fill(TfLiteTensor* input);
@@ -220,11 +227,17 @@ static void print_boot() {
   lb_reset();
   lb_str("{\"t\":\"boot\",\"v\":");
   lb_uint(TINYML_PROTOCOL_VERSION);
-  lb_str(",\"sha\":\"" TINYML_MODEL_SHA "\",\"arena\":");
+  lb_str(",\"sha\":\"");
+  lb_str(g_sha);
+  lb_str("\",\"arena\":");
   lb_uint(TINYML_ARENA_BYTES);
   lb_str(",\"used\":");
   lb_uint((uint32_t)g_used_bytes);
-  lb_str(",\"fw\":\"" TINYML_TEMPLATE_VERSION "\",\"board\":\"" TINYML_BOARD "\"}");
+  lb_str(",\"fw\":\"" TINYML_TEMPLATE_VERSION "\",\"board\":\"" TINYML_BOARD "\"");
+#if TINYML_HOTSWAP
+  hs_boot_fields();
+#endif
+  lb_char('}');
   emit_line();
 }
 
@@ -232,7 +245,9 @@ static void print_status(uint32_t now) {
   lb_reset();
   lb_str("{\"t\":\"status\",\"v\":");
   lb_uint(TINYML_PROTOCOL_VERSION);
-  lb_str(",\"sha\":\"" TINYML_MODEL_SHA "\",\"up\":");
+  lb_str(",\"sha\":\"");
+  lb_str(g_sha);
+  lb_str("\",\"up\":");
   lb_uint(now / 1000);
   lb_str(",\"n\":");
   lb_uint(g_seq);
@@ -390,7 +405,9 @@ static void print_inference(uint32_t seq, uint32_t latency_us, const TfLiteTenso
     }
   }
   const char* label = "";
-#if TINYML_LABEL_COUNT > 0
+#if TINYML_HOTSWAP
+  label = hs_label(top);
+#elif TINYML_LABEL_COUNT > 0
   if (top < (size_t)TINYML_LABEL_COUNT) label = kTinymlLabels[top];
 #endif
   const size_t label_len = strlen(label);
@@ -437,7 +454,11 @@ static void print_inference(uint32_t seq, uint32_t latency_us, const TfLiteTenso
 
 static void run_inference() {
   const uint32_t seq = ++g_seq;
+#if TINYML_HOTSWAP
+  hs_fill_input();
+#else
   fill_input();
+#endif
   const uint32_t started = micros();
   const TfLiteStatus status = g_interpreter->Invoke();
   const uint32_t latency = micros() - started;
@@ -447,10 +468,20 @@ static void run_inference() {
     lb_uint(seq);
     lb_char('}');
     emit_line();
+#if TINYML_HOTSWAP
+    hs_after_inference(false);
+#endif
     return;
   }
   print_inference(seq, latency, g_interpreter->output(0));
+#if TINYML_HOTSWAP
+  hs_after_inference(true);
+#endif
 }
+
+#if TINYML_HOTSWAP
+#include "tinyml_hotswap_run.h"
+#endif
 
 // ----------------------------------------------------------------------- setup / loop
 
@@ -460,6 +491,10 @@ void setup() {
   while (!Serial && millis() - start < TINYML_WAIT_FOR_HOST_MS) {
     delay(10);
   }
+#if TINYML_HOTSWAP
+  hs_setup();  // the newest valid slot's model, else the compiled-in one
+  return;
+#endif
 
   const tflite::Model* model = tflite::GetModel(g_model);
   if (model->version() != TFLITE_SCHEMA_VERSION) {
@@ -516,6 +551,9 @@ void setup() {
 }
 
 void loop() {
+#if TINYML_HOTSWAP
+  if (hs_poll()) return;  // frames from the host; no inference while a transfer runs
+#endif
   const uint32_t now = millis();
   if (g_failed) {
     // Keep saying why nothing runs: the host may have opened the port after the first time.

@@ -38,7 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hal.arduino import discovery, flash, tools
+from hal.arduino import discovery, flash, hotswap, tools
 from hal.arduino.boot import verify_boot
 from hal.arduino.build_slot import BuildSlot, result_from_record
 from hal.arduino.cli import ArduinoCli
@@ -67,7 +67,7 @@ from hal.driver import (
     register_driver,
 )
 from hal.errors import DeviceError, HalError
-from hal.protocol import DeviceLine, to_dict
+from hal.protocol import BootLine, DeviceLine, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ class Nano33BleDriver(Driver):
         self._state_lock = threading.Lock()
         self._serial_number: str | None = self.settings.serial_number
         self._running_sha: str | None = None
+        self._last_boot: BootLine | None = None  # its "hs" says whether hot-swap is possible
         self._last_port: str | None = self.settings.port
 
     # ------------------------------------------------------------------ configuration hooks
@@ -105,6 +106,12 @@ class Nano33BleDriver(Driver):
         """The model hash the board last announced (boot or status line)."""
         with self._state_lock:
             return self._running_sha
+
+    @property
+    def last_boot(self) -> BootLine | None:
+        """The boot line the board last printed (its ``hotswap`` field: the capability)."""
+        with self._state_lock:
+            return self._last_boot
 
     def ports_dir(self) -> Path | None:
         """The virtual-ports directory this driver also looks in (None: USB only)."""
@@ -254,12 +261,28 @@ class Nano33BleDriver(Driver):
                             camera=ctx.request.input_source == "camera")
             info.update(fit.to_dict())
             fit.raise_if_not_fit()
-        ctx.data["fit"], ctx.arena_bytes = fit, fit.arena_bytes
+            ctx.data["fit"], ctx.arena_bytes = fit, fit.arena_bytes
+            if self.settings.hotswap:  # which path: hot-swap or compile+upload, and why
+                from hal.arduino import sketch
+
+                config = sketch.config_for(ctx.data["report"], ctx.request.model, ctx.request,
+                                           fit.arena_bytes, self.board)
+                plan = hotswap.plan(self, ctx.data["report"], fit,
+                                    len(hotswap.payload_for(config)), ctx.deadline,
+                                    camera=config.input_source == "camera")
+                info["hotswap"] = plan.to_dict()
+                ctx.data.update(hs_plan=plan, hs_config=config)
+
+    def _hot_swapping(self, ctx: InstallContext) -> bool:
+        plan = ctx.data.get("hs_plan")
+        return plan is not None and plan.path == hotswap.PATH_HOTSWAP
 
     def _prepare(self, ctx: InstallContext) -> None:
         """Render, compile (or reuse the build), and check the build's sizes."""
         from hal.arduino import sketch
 
+        if self._hot_swapping(ctx):
+            return hotswap.prepare(self, ctx)
         report, request, steps, deadline = (ctx.data["report"], ctx.request, ctx.steps,
                                             ctx.deadline)
         arena = ctx.arena_bytes
@@ -272,6 +295,10 @@ class Nano33BleDriver(Driver):
                 overrides["status_period_ms"] = self.settings.status_period_ms
             if overrides:
                 config = replace(config, **overrides)
+            plan = ctx.data.get("hs_plan")
+            if plan is not None and plan.firmware == "hotswap":  # the next install is fast
+                config = hotswap.firmware_config(config, plan)
+                arena = config.arena_bytes
             slot = BuildSlot(self._build_root(), self.board, self.device_id,
                              config.template_version, sketch.SKETCH_NAME)
             info["changed"] = sketch.render_sketch(config, slot.sketch_dir)
@@ -325,6 +352,8 @@ class Nano33BleDriver(Driver):
 
     def _transfer(self, ctx: InstallContext) -> None:
         """The upload (commit phase: it runs to the end under its own deadline)."""
+        if self._hot_swapping(ctx):
+            return hotswap.transfer(self, ctx)
         slot: BuildSlot = ctx.data["slot"]
         timeout = self.settings.upload_timeout_s
         with ctx.steps.step(STEP_UPLOAD) as info:
@@ -341,6 +370,8 @@ class Nano33BleDriver(Driver):
         ctx.data.update(port=port, upload=up)
 
     def _verify(self, ctx: InstallContext) -> None:
+        if self._hot_swapping(ctx):
+            return hotswap.verify(self, ctx)
         report, up, port = ctx.data["report"], ctx.data["upload"], ctx.data["port"]
         with ctx.steps.step(STEP_VERIFY) as info:
             line, port_name = verify_boot(
@@ -360,9 +391,12 @@ class Nano33BleDriver(Driver):
         }
 
     def _rollback(self, ctx: InstallContext, error: HalError) -> RollbackOutcome:
+        if self._hot_swapping(ctx):
+            return hotswap.rollback(self, ctx, error)  # a slot switch, never a reflash
         return flash.rollback(self, ctx, error)
 
     def _after_install(self, ctx: InstallContext) -> None:
+        hotswap.close(ctx)
         self.resume_observation()
 
     def verified_store(self) -> VerifiedStore:
@@ -415,6 +449,8 @@ class Nano33BleDriver(Driver):
         if sha is not None:
             with self._state_lock:
                 self._running_sha = sha
+                if isinstance(line, BootLine):
+                    self._last_boot = line
         loop = self._observation
         if loop is not None:
             loop.deliver(line)

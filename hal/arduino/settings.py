@@ -45,6 +45,16 @@ class Nano33BleSettings(DriverSettings):
     virtual_ports_dir: str | None = Field(
         None, max_length=4096, description="also list virtual boards published here"
     )
+    hotswap: bool = Field(True, description="install by hot-swapping the model into a flash "
+                          "slot when the board's firmware allows it, and build the hot-swap "
+                          "firmware when compiling (false: the exact-ops firmware)")
+    hotswap_ops: list[str] = Field(
+        default_factory=lambda: ["vision", "audio", "imu"], min_length=1, max_length=32,
+        description="op families (vision, audio, imu) and/or op names of the hot-swap "
+        "firmware's resolver")
+    hotswap_arena_bytes: int | None = Field(
+        None, ge=1024, le=200_000, description="arena of the hot-swap firmware (default: the "
+        "board profile's, 65536; at least the model's)")
 
     @model_validator(mode="after")
     def _needs_identity(self) -> Nano33BleSettings:

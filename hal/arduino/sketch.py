@@ -64,6 +64,8 @@ MODEL_HEADER_FILE = "model_data.h"
 MODEL_DATA_FILE = "model_data.cpp"
 CONFIG_FILE = "model_config.h"
 SKETCH_FILES = (INO_FILE, MODEL_HEADER_FILE, MODEL_DATA_FILE, CONFIG_FILE)
+# hot-swap firmware only
+HOTSWAP_FILES = ("tinyml_hotswap.h", "tinyml_hotswap.cpp", "tinyml_hotswap_run.h")
 
 INPUT_DTYPES = ("int8", "uint8", "float32")
 INPUT_SOURCES = ("vectors", "camera")
@@ -118,6 +120,11 @@ class SketchConfig:
     template_version: str = TEMPLATE_VERSION
     inference_period_ms: int = 1000  # pause between inferences (0: back to back)
     camera_range: tuple[float, float] = (0.0, 1.0)
+    # Hot-swap firmware (hal/arduino/hotswap.py): ``ops`` is then its declared op set, the
+    # arena its fixed arena, and it keeps two model slots of ``slot_bytes`` each.
+    hotswap: bool = False
+    slot_bytes: int = 0
+    active_slot: int = 255  # the slot whose model runs (255: the compiled-in model)
 
     @property
     def sha_prefix(self) -> str:
@@ -214,6 +221,14 @@ def validate_config(config: SketchConfig) -> None:
             raise _bad(name, f"must be {low}..{MAX_PERIOD_MS} ms, not {value!r}")
     _validate_labels(c.labels)
     _validate_input(c)
+    if c.hotswap:
+        from hal.arduino.hotswap_protocol import MAX_OPSET, PAGE_BYTES
+
+        if not _is_int(c.slot_bytes) or c.slot_bytes <= 0 or c.slot_bytes % PAGE_BYTES:
+            raise _bad("slot_bytes", f"must be a positive multiple of {PAGE_BYTES}, not "
+                       f"{c.slot_bytes!r}")
+        if len(c.ops) > MAX_OPSET:
+            raise _bad("ops", f"a hot-swap op set of {len(c.ops)} ops exceeds {MAX_OPSET}")
 
 
 def _validate_ops(ops) -> None:
@@ -459,9 +474,16 @@ def _f32(v: float) -> float:
 def boot_line(config: SketchConfig, used_bytes: int) -> BootLine:
     """The line the sketch prints once ``AllocateTensors()`` succeeded (and repeats every
     2 s for the first 30 s)."""
+    hotswap = None
+    if config.hotswap:
+        from hal.arduino.hotswap_protocol import Capability, op_set_digest
+
+        hotswap = Capability(slot=config.active_slot, slot_bytes=config.slot_bytes,
+                             arena_bytes=config.arena_bytes, ops=tuple(sorted(config.ops)),
+                             digest=op_set_digest(config.ops)).to_wire()
     return BootLine(sha=config.sha_prefix, arena_bytes=config.arena_bytes,
                     used_bytes=used_bytes, firmware=config.template_version,
-                    board=config.board, protocol=PROTOCOL_VERSION)
+                    board=config.board, protocol=PROTOCOL_VERSION, hotswap=hotswap)
 
 
 def status_line(config: SketchConfig, uptime_s: int, count: int) -> StatusLine:
@@ -677,6 +699,17 @@ def _config_text(c: SketchConfig) -> str:
             out.append(f"    {_c_vector(c, vector)},")
         out.append("};")
     out.append("")
+    if c.hotswap:
+        from hal.arduino.hotswap_protocol import op_set_digest
+
+        ops = sorted(c.ops)
+        out.append("// Hot-swap firmware (tinyml_hotswap.cpp): two model slots, the op set above.")
+        out.append("#define TINYML_HOTSWAP 1")
+        out.append(f"#define TINYML_SLOT_BYTES {c.slot_bytes}")
+        out.append(f"#define TINYML_OPSET_DIGEST {_c_string(op_set_digest(ops))}")
+        out.append("#define TINYML_OPSET_JSON "
+                   + _c_string(",".join(json.dumps(op) for op in ops)))
+        out.append("")
     out.append("#endif  // TINYML_MODEL_CONFIG_H_")
     return "\n".join(out) + "\n"
 
@@ -692,12 +725,16 @@ def template_text() -> bytes:
 def rendered_files(config: SketchConfig) -> dict[str, bytes]:
     """The sketch's files by name, as :func:`render_sketch` writes them (validated)."""
     validate_config(config)
-    return {
+    files = {
         INO_FILE: template_text(),
         MODEL_HEADER_FILE: MODEL_HEADER_TEXT.encode("ascii"),
         MODEL_DATA_FILE: _model_data_text(config.model, config.model_sha256),
         CONFIG_FILE: _config_text(config).encode("ascii"),
     }
+    if config.hotswap:  # the slot code, copied verbatim like the .ino
+        for name in HOTSWAP_FILES:
+            files[name] = (TEMPLATE_DIR / name).read_bytes()
+    return files
 
 
 def _write_if_changed(path: Path, data: bytes) -> bool:

@@ -20,6 +20,12 @@ It behaves like the real board as the host sees it:
   resets into the sketch, under the same name or, with ``--rename-on-touch``, a new one. With no
   traffic for ``--bootloader-timeout-s`` it returns to the old sketch.
 * the last flashed image persists in ``--state-dir``: a restarted board boots it.
+* a **hot-swap firmware** image (compiled with ``TINYML_HOTSWAP``) also gets its two model
+  slots (``slots.bin`` in the state directory) and answers the hot-swap protocol on the sketch
+  port (:mod:`hal.virtual.hotswap_device`): a reset boots the newest valid slot, a model that
+  fails to allocate or faults (the watchdog resets after 0.5 s) is given up for the other slot
+  or the compiled-in model; ``--hotswap-fault`` injects transfer faults. An upload (bossac
+  erases the application flash) empties the slots.
 
 Bootloader protocol (host -> board lines, board -> host ``OK ...`` / ``ERR reason``)::
 
@@ -63,6 +69,7 @@ from pathlib import Path
 
 from hal.arduino.serial_link import emulated_dtr
 from hal.boards import get_profile
+from hal.virtual import hotswap_device
 from hal.virtual import image as image_mod
 from hal.virtual import mcu as mcu_mod
 
@@ -322,6 +329,8 @@ class VirtualBoard:
         location: str | None = None,
         parent_pid: int | None = None,
         silent_models: tuple[str, ...] = (),
+        hotswap_faults: tuple[str, ...] = (),
+        hotswap_real_timing: bool = False,
     ) -> None:
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
@@ -336,6 +345,11 @@ class VirtualBoard:
         self.location = location or f"virtual-{serial_number}"
         self.parent_pid = parent_pid
         self.silent_models = tuple(p.lower() for p in silent_models if p)
+        # parsed at start (a bad spec fails here, not mid-transfer); one list for the board's
+        # life, so a one-shot fault fires once
+        self.hotswap_faults = [hotswap_device.parse_fault(spec) for spec in hotswap_faults]
+        self.hotswap_real_timing = hotswap_real_timing
+        self._hs: hotswap_device.HotswapRuntime | None = None
         self.generation = 0
         self.ports_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -370,7 +384,9 @@ class VirtualBoard:
 
     def run(self) -> int:
         while not self._should_stop():
-            self._sketch_mode()
+            if self._sketch_mode() == "power_cut":
+                self._vanished_for(1.0)  # the power comes back a moment later
+                continue
             if self._should_stop():
                 break
             self._vanished_for(self.reenumerate_s)
@@ -403,22 +419,30 @@ class VirtualBoard:
         must not copy a thread holding the import lock)."""
         return self._preload is not None and not self._preload.is_alive()
 
-    def _boot_mcu(self) -> _Mcu | None:
-        """Reset into the flashed sketch: a fresh MCU process forked from the board."""
+    def _boot_mcu(self, reset: bool = True) -> _Mcu | None:
+        """Reset into the flashed sketch: a fresh MCU process forked from the board. A
+        hot-swap firmware boots the model of its newest valid slot instead (``reset`` False:
+        the slot it was told to start, without a reset)."""
         if self._preload_error:
             log.warning("sn=%s cannot boot: the interpreter did not import (%s): silent",
                         self.serial_number, self._preload_error)
             return None
+        path = self.flash_path
+        if self._hs is not None:
+            path, lines = self._hs.boot_image(reset)
+            self._hs_out.extend(lines)
         if self.silent_models:
             try:
-                sha = image_mod.read(self.flash_path).sha256
+                sha = image_mod.read(path).sha256
             except (OSError, image_mod.ImageError):
                 sha = ""
             if any(sha.startswith(prefix) for prefix in self.silent_models):
                 log.info("sn=%s fault silent_models: model %s hard-faults at boot: silent",
                          self.serial_number, sha[:16])
+                if self._hs is not None:
+                    self._hs.on_silent_fault()
                 return None
-        return _Mcu.fork(str(self.flash_path), self.fault == "flood")
+        return _Mcu.fork(str(path), self.fault == "flood")
 
     def _garbage(self) -> list[bytes]:
         """Garbage bytes, then a UTF-8 sequence split across two writes, each ending its own
@@ -429,7 +453,20 @@ class VirtualBoard:
         cut = snow.index(b"\xe2") + 1  # inside the snowman's 3-byte sequence
         return [junk + b"\x00\xff\xfe\n", snow[:cut], snow[cut:] + b"\n"]
 
-    def _sketch_mode(self) -> None:
+    def _start_hotswap(self) -> None:
+        """A hot-swap firmware on the flash: its slots and protocol (else None)."""
+        self._hs = None
+        self._hs_out: list[str] = []
+        try:
+            firmware = image_mod.read(self.flash_path)
+        except (OSError, image_mod.ImageError):
+            return
+        if hotswap_device.is_hotswap_image(firmware):
+            self._hs = hotswap_device.HotswapRuntime(
+                self.state_dir, firmware, self.hotswap_faults, self.hotswap_real_timing)
+
+    def _sketch_mode(self) -> str:
+        self._start_hotswap()
         port = _Port(self, self._sketch_link(), PID_SKETCH)
         if self.fault == "permission_denied":
             os.chmod(port.slave_path, 0)
@@ -450,17 +487,40 @@ class VirtualBoard:
         # The sketch waits for the host only in setup(): once DTR has been up, or the wait
         # timed out, lines written while DTR is low are dropped.
         seen_dtr = False
+        watchdog_at: float | None = None  # hot-swap: a silent model is reset at this time
         try:
             while not self._should_stop():
                 if port.touched():
                     log.info("sn=%s 1200-bps touch", self.serial_number)
-                    return
+                    return "touch"
+                if watchdog_at is not None and time.monotonic() >= watchdog_at:
+                    watchdog_at = None
+                    boot_pending = True
+                hs = self._hs
+                if hs is not None and hs.fallback_needed:  # the slot's model did not start
+                    hs.fallback_needed = False
+                    watchdog_at = None
+                    if mcu is not None:
+                        mcu.stop()
+                    mcu, out_fd, pending = None, None, b""
+                    mcu = self._boot_mcu(reset=False)
+                    out_fd = mcu.fd if mcu else None
+                    booted = time.monotonic()
+                if (hs is not None and out_fd is None and not boot_pending
+                        and watchdog_at is None and hs.running != hotswap_device.BUILTIN):
+                    watchdog_at = time.monotonic() + hotswap_device.WATCHDOG_S
                 if boot_pending and self._preloaded():
                     boot_pending = False
+                    if mcu is not None:  # a watchdog reset: the run before it ends here
+                        mcu.stop()
                     mcu = self._boot_mcu()
                     out_fd = mcu.fd if mcu else None
                     booted = time.monotonic()
                     seen_dtr = False
+                if hs is not None and self._hs_out:  # before anything the new boot prints
+                    if port.dtr():  # else lost, like any line while DTR is low
+                        backlog += b"".join(text.encode() + b"\n" for text in self._hs_out)
+                    self._hs_out.clear()
                 dtr = port.dtr()
                 seen_dtr = seen_dtr or (dtr and mcu is not None)
                 if not dtr and backlog:
@@ -491,7 +551,23 @@ class VirtualBoard:
                 except InterruptedError:
                     continue
                 if port.master in ready:
-                    port.read(0)  # the host may write; the sketch ignores input
+                    data = port.read(0)  # the sketch ignores input, but for hot-swap frames
+                    if hs is not None and data:
+                        try:
+                            replies, activate = hs.feed(data)
+                        except hotswap_device.PowerCut:
+                            log.info("sn=%s fault power_cut: power lost mid-write",
+                                     self.serial_number)
+                            return "power_cut"
+                        if port.dtr():  # after what the sketch already printed, whole
+                            backlog += b"".join(text.encode() + b"\n" for text in replies)
+                        if activate is not None:  # stop the model, start the chosen one
+                            watchdog_at = None
+                            if mcu is not None:
+                                mcu.stop()
+                            mcu, pending = self._boot_mcu(reset=False), b""
+                            out_fd = mcu.fd if mcu else None
+                            booted = time.monotonic()
                 if out_fd is None or out_fd not in ready:
                     continue
                 try:
@@ -508,6 +584,11 @@ class VirtualBoard:
                 dtr = port.dtr()
                 waiting = not seen_dtr and time.monotonic() - booted < self.host_wait_s
                 for line in lines:
+                    if hs is not None:
+                        keep, extra = hs.on_line(line)
+                        self._hs_out.extend(extra)
+                        if not keep:
+                            break  # the fall-back boot happens at the top of the loop
                     data = line + b"\n"
                     if not dtr:
                         if waiting and len(held) < 64:
@@ -624,6 +705,9 @@ class VirtualBoard:
             log.info("sn=%s fault old_model: keeping the old image", self.serial_number)
             return
         _atomic_write(self.flash_path, data)
+        # bossac -e erases the whole application flash: the model slots go with it
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / hotswap_device.FLASH_FILE).unlink()
         log.info("sn=%s flashed %d bytes", self.serial_number, len(data))
 
 
@@ -643,6 +727,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--silent-model", action="append", default=[], metavar="SHA_PREFIX",
                         help="a firmware whose model sha256 starts with this hard-faults at "
                         "boot and never prints (other images boot normally); repeatable")
+    parser.add_argument("--hotswap-fault", action="append", default=[], metavar="FAULT",
+                        help="hot-swap firmware fault: drop_chunk:N, drop_chunks:N, "
+                        "crc_error:N, crc_errors:N, power_cut:N, alloc_fail:SHA_PREFIX "
+                        "(see hal.virtual.hotswap_device); repeatable")
+    parser.add_argument("--hotswap-real-timing", action="store_true",
+                        help="hot-swap flash writes take the nRF52840's page erase and word "
+                        "write times")
     parser.add_argument("--rename-on-touch", action="store_true",
                         help="re-appear under a new port name after each upload")
     parser.add_argument("--host-wait-s", type=float, default=2.0,
@@ -668,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
         location=args.location,
         parent_pid=os.getppid() if args.exit_with_parent else None,
         silent_models=tuple(args.silent_model),
+        hotswap_faults=tuple(args.hotswap_fault),
+        hotswap_real_timing=args.hotswap_real_timing,
     )
     return board.run()
 

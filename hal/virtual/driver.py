@@ -9,6 +9,9 @@ differ. Configure it in the bridge with ``driver = "virtual-nano33ble"`` and opt
 ``fault`` (``never_boot``, ``old_model``, ``vanish_on_upload``, ``permission_denied``,
 ``garbage``, ``flood``), or ``silent_models`` (the firmware of those models hard-faults at
 boot while every other image boots: a failed install and its rollback on one board).
+With ``hotswap = true`` it compiles the hot-swap firmware and hot-swaps later models
+(:mod:`hal.arduino.hotswap`); ``hotswap_faults`` and ``hotswap_real_timing`` configure the
+board's slots, ``timing = "real"`` gives the stand-in arduino-cli real-world durations.
 """
 
 from __future__ import annotations
@@ -79,6 +82,26 @@ class VirtualNano33BleSettings(Nano33BleSettings):
                                "port before printing")
     cli_format: str = Field("1.x", pattern=r"^[01]\.[0-9x]+$",
                             description="arduino-cli JSON format the stand-in speaks")
+    hotswap: bool = Field(False, description="as for nano33ble, but off by default so that "
+                          "the virtual board keeps today's exact-ops firmware unless asked")
+    hotswap_faults: list[str] = Field(
+        default_factory=list, max_length=16,
+        description="hot-swap faults of the board: drop_chunk:N, drop_chunks:N, crc_error:N, "
+        "crc_errors:N, power_cut:N, alloc_fail:SHA_PREFIX")
+    hotswap_real_timing: bool = Field(False, description="slot writes take the nRF52840's "
+                                      "page erase and word write times")
+    timing: Literal["fast", "real"] = Field(
+        "fast", description="real: the stand-in compile and upload take real-world durations "
+        "(warm mbed compile, bossac's ~25 KB/s) unless compile_delay_s / upload_kbps are set")
+
+    @field_validator("hotswap_faults")
+    @classmethod
+    def _faults(cls, value: list[str]) -> list[str]:
+        from hal.virtual.hotswap_device import parse_fault
+
+        for spec in value:
+            parse_fault(spec)
+        return value
 
     @field_validator("silent_models")
     @classmethod
@@ -125,6 +148,7 @@ class VirtualNano33BleDriver(Nano33BleDriver):
             discovery.ENV_VIRTUAL_PORTS: str(self._ports),
             f"{CLI_ENV}_COMPILE_DELAY_S": str(self.settings.compile_delay_s),
             f"{CLI_ENV}_UPLOAD_KBPS": str(self.settings.upload_kbps),
+            f"{CLI_ENV}_TIMING": self.settings.timing,
             f"{CLI_ENV}_FORMAT": self.settings.cli_format,
         }
 
@@ -181,6 +205,10 @@ class VirtualNano33BleDriver(Nano33BleDriver):
                 argv.append("--rename-on-touch")
             for prefix in s.silent_models:
                 argv += ["--silent-model", prefix]
+            for spec in s.hotswap_faults:
+                argv += ["--hotswap-fault", spec]
+            if s.hotswap_real_timing:
+                argv.append("--hotswap-real-timing")
             logf = open(self._board_dir / "board.log", "ab")  # noqa: SIM115 (owned by Popen)
             try:
                 self._proc = subprocess.Popen(

@@ -18,11 +18,13 @@ from hal.arduino.sketch import (
     _C_TYPE,
     _DTYPE_RANGE,
     CONFIG_FILE,
+    HOTSWAP_FILES,
     INO_FILE,
     MODEL_DATA_FILE,
     MODEL_HEADER_FILE,
     MODEL_HEADER_TEXT,
     SHA_PREFIX_LEN,
+    TEMPLATE_DIR,
     TEMPLATE_VERSION,
     SketchConfig,
     _model_data_text,
@@ -356,8 +358,15 @@ def read_sketch(sketch_dir: Path) -> SketchConfig:
         no, _ = get("TINYML_INPUT_VECTOR_COUNT")
         raise src.error(no, f"TINYML_INPUT_VECTOR_COUNT is not the {len(vectors)} vectors")
 
+    hotswap = "TINYML_HOTSWAP" in values and get_int("TINYML_HOTSWAP") == 1
+    if hotswap:  # the hot-swap variant: its slot code copied verbatim like the .ino
+        for name in HOTSWAP_FILES:
+            if _Source(sketch_dir, name).data != (TEMPLATE_DIR / name).read_bytes():
+                raise src.error(1, f"{name} is not the template's (edited?)")
     config = replace(
         partial,
+        hotswap=hotswap,
+        slot_bytes=get_int("TINYML_SLOT_BYTES", 1) if hotswap else 0,
         arena_bytes=get_int("TINYML_ARENA_BYTES", 1),
         input_vectors=tuple(vectors),
         input_source="camera" if camera else "vectors",
