@@ -341,7 +341,10 @@ def render_outcome(job: dict[str, Any]) -> str:
                          f"used {fmt_bytes(boot.get('used_bytes'))}")
         if boot.get("firmware"):
             parts.append(f"firmware {boot['firmware']}")
-        if report.get("compiled") is False:
+        step_names = {s.get("name") for s in job.get("steps") or []}
+        if "hotswap_transfer" in step_names:
+            parts.append("hot-swapped (no compile, no upload)")
+        elif report.get("compiled") is False:
             parts.append("build reused")
         head = click.style("verified boot", fg="green", bold=True)
         return (f"{head}: device {job.get('device_id')} {what} "

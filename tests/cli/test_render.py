@@ -37,6 +37,14 @@ def test_succeeded_job_says_verified_boot_with_numbers():
     assert "ok   upload" in out and "0.48 s" in out
 
 
+def test_hot_swapped_job_says_so_not_build_reused():
+    job = json.loads(json.dumps(REC["job_succeeded"]))
+    job["steps"] = [s for s in job["steps"] if s["name"] not in ("compile", "upload")]
+    job["steps"].insert(-1, {"name": "hotswap_transfer", "status": "done", "detail": {}})
+    out = plain(render.render_outcome(job))
+    assert "hot-swapped (no compile, no upload)" in out and "build reused" not in out
+
+
 def test_failed_job_is_not_success_and_shows_code_numbers_fix():
     out = plain(render.render_job(REC["job_failed"]))
     assert "verified" not in out
