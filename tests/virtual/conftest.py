@@ -18,12 +18,19 @@ def context(tmp_path: Path) -> DriverContext:
 
 
 @pytest.fixture
-def make_driver(context):
+def driver_defaults() -> dict:
+    """The settings every ``make_driver`` driver starts from (tests/hotswap overrides it)."""
+    return FAST
+
+
+@pytest.fixture
+def make_driver(context, driver_defaults):
     """``make_driver(device_id, **settings)`` -> a virtual driver, closed after the test."""
     made = []
 
     def make(device_id: str = "dev1", **settings):
-        driver = build_driver("virtual-nano33ble", device_id, {**FAST, **settings}, context)
+        driver = build_driver("virtual-nano33ble", device_id, {**driver_defaults, **settings},
+                              context)
         made.append(driver)
         return driver
 
