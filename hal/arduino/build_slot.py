@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hal.arduino.cli import CompileResult, _as_dict, _as_list
+from hal.arduino.cli_output import CompileResult, json_dict, json_list
 from hal.deadline import Deadline
 
 log = logging.getLogger(__name__)
@@ -199,10 +199,10 @@ class BuildSlot:
 
 def result_from_record(record: dict[str, Any]) -> CompileResult:
     """Rebuild the :class:`CompileResult` stored by :meth:`BuildSlot.save`."""
-    data = _as_dict(record.get("result"))
+    data = json_dict(record.get("result"))
     fields = CompileResult.__dataclass_fields__
     clean = {k: v for k, v in data.items() if k in fields}
-    clean["used_libraries"] = tuple(_as_list(clean.get("used_libraries")))
+    clean["used_libraries"] = tuple(json_list(clean.get("used_libraries")))
     clean.setdefault("success", True)
     return CompileResult(**clean)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from hal.arduino import discovery
 from hal.arduino.boot import verify_boot
 from hal.arduino.build_slot import BuildSlot
-from hal.arduino.cli import CompileResult, UploadResult
+from hal.arduino.cli_output import CompileResult, UploadResult
 from hal.boards import BoardProfile
 from hal.deadline import Deadline
 from hal.driver import STEP_ROLLBACK, InstallContext, RollbackOutcome

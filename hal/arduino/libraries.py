@@ -59,7 +59,7 @@ class InstalledLibrary:
 def installed_libraries(cli: Any, deadline: Deadline) -> list[InstalledLibrary]:
     """``arduino-cli lib list --format json`` with each library's ``install_dir`` (1.x
     ``{"installed_libraries": [...]}`` or 0.x ``[{"library": {...}}]``)."""
-    from hal.arduino.cli import extract_json
+    from hal.arduino.cli_output import extract_json
 
     res = cli._run(["lib", "list", "--format", "json"], deadline)
     value = extract_json(res.stdout, (dict, list))

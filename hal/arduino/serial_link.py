@@ -36,7 +36,7 @@ import termios
 
 import serial
 
-from hal.arduino.cli import PERMISSION_FIX
+from hal.arduino.cli_output import PERMISSION_FIX
 from hal.errors import DeviceError, InfraError
 
 log = logging.getLogger(__name__)

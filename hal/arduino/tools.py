@@ -9,7 +9,8 @@ import threading
 import time
 from typing import Any
 
-from hal.arduino.cli import PERMISSION_FIX, ArduinoCli
+from hal.arduino.cli import ArduinoCli
+from hal.arduino.cli_output import PERMISSION_FIX
 from hal.arduino.libraries import library_checks
 from hal.deadline import Deadline
 from hal.errors import HalError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hal.arduino.cli import (
+from hal.arduino.cli_output import (
     classify_compile_failure,
     extract_json,
     parse_board_list,

@@ -1,3 +1,8 @@
 """The virtual-driver fixtures of tests/virtual, shared."""
 
-from tests.virtual.conftest import compiles, context, make_driver  # noqa: F401
+from tests.virtual.conftest import (  # noqa: F401 (fixtures)
+    compiles,
+    context,
+    driver_defaults,
+    make_driver,
+)
