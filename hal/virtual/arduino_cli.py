@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -468,6 +469,24 @@ class _Boot:
             self.ser.close()
 
 
+def _touch(port: str) -> None:
+    """Open and close ``port`` at 1200 bps. A pty being re-opened by its board (a reset under
+    load) can answer EIO for a moment: tried again once, as the real tool's serial layer
+    would see a USB port settle, rather than reported as a board that is gone."""
+    import serial
+
+    for attempt in (1, 2):
+        try:
+            serial.Serial(port, 1200).close()
+            return
+        except OSError as exc:
+            # pyserial reports EIO from open() with its errno, from tcsetattr() as text
+            eio = exc.errno == errno.EIO or "Input/output error" in str(exc)
+            if attempt == 2 or not eio:
+                raise
+            time.sleep(0.2)
+
+
 def cmd_upload(args) -> int:
     out: list[str] = []
 
@@ -506,9 +525,7 @@ def cmd_upload(args) -> int:
             # same rule as hal.arduino.serial_link: a mode-000 node is denied, even to root
             if stat.S_ISCHR(st.st_mode) and not st.st_mode & 0o666:
                 raise PermissionError(13, "Permission denied")
-            import serial
-
-            serial.Serial(port, 1200).close()
+            _touch(port)
         except (OSError, ValueError) as exc:
             text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             say(f"Cannot perform port reset: opening port at 1200bps: {text}: {port}")
